@@ -1,0 +1,49 @@
+# Every target builds or refreshes .venv itself, so on a fresh machine `make serve` and
+# `make test` are the only commands a newcomer types.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: venv serve test test-fast lint bench deploy modal-serve browser-deps clean
+
+venv: $(STAMP)
+
+# torch is pinned to 2.13.0 before anything else: that release is a CPU build on this
+# machine's disk, and an unpinned torch (pulled by openai-whisper) would be a multi-GB CUDA one.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]' torch==2.13.0
+	touch $(STAMP)
+
+serve: venv
+	$(PY) -m app.local --host $(HOST) --port $(PORT)
+
+# The browser tests need Debian's chromium; installed when missing (root, as on CI).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium unavailable: browser tests will be skipped"
+
+test: venv browser-deps
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+lint: venv
+	$(PY) -m ruff check transcriber app bench tests
+
+bench: venv
+	$(PY) -m bench
+
+deploy: venv
+	$(VENV)/bin/modal deploy -m app.modal_app
+
+modal-serve: venv
+	$(VENV)/bin/modal serve -m app.modal_app
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts data

@@ -1,0 +1,115 @@
+"""The one event vocabulary shared by every transport (SSE, NDJSON, text, CLI, page).
+
+Each event is a small dataclass with a ``type`` tag; ``to_dict`` gives the JSON form that
+every transport sends, and ``from_dict`` reads it back (the store and tests use it).
+Timestamps are absolute seconds from the start of the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Union
+
+
+@dataclass
+class Meta:
+    """What is being transcribed, sent once before any segment."""
+
+    type: ClassVar[str] = "meta"
+    source_id: str
+    title: str
+    duration: float | None
+    engine: str
+    model: str
+    url: str | None = None
+    #: For YouTube sources, the canonical watch URL so a page can link timestamps (``&t=``).
+    webpage_url: str | None = None
+    is_youtube: bool = False
+    language: str | None = None
+    task: str = "transcribe"
+    mode: str = "parallel"
+
+
+@dataclass
+class SegmentDone:
+    """One segment's transcript. ``pieces`` are Whisper's sub-segments with absolute times."""
+
+    type: ClassVar[str] = "segment"
+    index: int
+    start: float
+    end: float
+    text: str
+    pieces: list[dict[str, Any]] = field(default_factory=list)
+    #: True when the segment was skipped as pure silence (text is "").
+    silent: bool = False
+
+
+@dataclass
+class Progress:
+    """Sent after every finished (or failed) segment."""
+
+    type: ClassVar[str] = "progress"
+    segments_done: int
+    #: Segments cut so far; grows while decoding continues, final once ``decoding_done``.
+    segments_total: int
+    audio_done: float
+    duration: float | None
+    #: Seconds until the job should end, ``None`` until it can be estimated.
+    eta: float | None
+    #: Length of the in-order committed prefix: segments [0, committed) are all finished.
+    committed: int
+    decoding_done: bool = False
+
+
+@dataclass
+class SegmentFailed:
+    """A segment whose transcription failed (after retries); the job goes on."""
+
+    type: ClassVar[str] = "segment_error"
+    index: int
+    start: float
+    end: float
+    message: str
+
+
+@dataclass
+class Done:
+    """The job finished; nothing follows."""
+
+    type: ClassVar[str] = "done"
+    wall_s: float
+    first_segment_s: float | None
+    audio_s: float
+    #: wall seconds per audio second (lower is faster).
+    rtf: float | None
+    segments: int
+    failed_segments: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Failed:
+    """A fatal error with a message for people; finished segments already sent stay valid."""
+
+    type: ClassVar[str] = "error"
+    message: str
+    #: A stable machine-readable code, e.g. ``not_found``, ``undecodable``, ``forbidden_url``.
+    code: str = "error"
+
+
+Event = Union[Meta, SegmentDone, Progress, SegmentFailed, Done, Failed]
+
+EVENT_TYPES: dict[str, type] = {
+    cls.type: cls for cls in (Meta, SegmentDone, Progress, SegmentFailed, Done, Failed)
+}
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """JSON-ready form: ``{"type": ..., **fields}``."""
+    return {"type": event.type, **asdict(event)}
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    """Inverse of :func:`to_dict`."""
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("type")]
+    return cls(**data)
