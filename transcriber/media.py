@@ -6,6 +6,7 @@ the rest of the pipeline codes against.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -68,7 +69,14 @@ def youtube_id(url: str) -> str | None:
 
 def ffmpeg_exe() -> str:
     """The ffmpeg binary: the one on PATH first, else imageio-ffmpeg's bundled one."""
-    raise NotImplementedError
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError as err:  # pragma: no cover - imageio-ffmpeg is a runtime dependency
+        raise MediaError("ffmpeg is not installed: put it on PATH or pip install imageio-ffmpeg") from err
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def resolve(source: str, **ydl_options) -> Source:
