@@ -127,27 +127,21 @@ class _Env:
         return raw
 
     def integer(self, name: str, default: int, minimum: int = 0) -> int:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise self._fail(name, "a whole number") from None
-        if value < minimum:
-            raise self._fail(name, f"a number >= {minimum}")
-        return value
+        return self._parse(name, default, int, "a whole number", minimum)
 
     def number(self, name: str, default: float) -> float:
+        return self._parse(name, default, float, "a number", 0)
+
+    def _parse(self, name: str, default, convert, want: str, minimum):
         raw = self._raw(name)
         if raw is None:
             return default
         try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
-            raise self._fail(name, "a number") from None
-        if value < 0:
-            raise self._fail(name, "a number >= 0")
+            raise self._fail(name, want) from None
+        if value < minimum:
+            raise self._fail(name, f"a number >= {minimum}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:
