@@ -1,0 +1,171 @@
+"""``python -m bench``: every system on the same input, one after the other, then the report.
+
+    python -m bench [--input FILE --ref REF.txt] [--minutes N] [--engine ...] [--model ...]
+                    [--beam-size N] [--long] [--systems a,b,...] [--out DIR]
+
+Writes ``DIR/results.json`` and ``DIR/RESULTS.md`` (DIR defaults to ``bench/``) and prints
+the table. See ``bench/NOTES.md`` for what each figure means and how it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from bench import inputs
+from bench.measure import BenchError, Run, run_child
+from bench.report import evaluate_goals, markdown, word_error_rate
+from bench.systems import BenchConfig, child_env, default_systems, resolve_weights
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+#: The ``--long`` runs of streamscribe: key -> (minutes, stop after the first segment).
+#: 60 min only measures time to first segment (the rest would repeat the main run's speed);
+#: 3 h runs to the end, since flat memory means flat over the whole job.
+LONG_RUNS: dict[str, tuple[float, bool]] = {"ttfs_60min": (60.0, True), "rss_3h": (180.0, False)}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> dict:
+    """One run as it goes into results.json."""
+    record = {
+        "wall_s": round(run.wall_s, 3),
+        "first_segment_s": None if run.first_segment_s is None else round(run.first_segment_s, 3),
+        "peak_rss_mb": round(run.peak_rss_mb, 1),
+        "wer": None,
+        "speed_x": None,
+        "segments": run.segments,
+        "failed_segments": run.failed_segments,
+        "stopped_early": run.stopped_early,
+        "peak_processes": run.peak_processes,
+        "input_s": round(bench_input.duration_s, 3),
+        "loadavg_before": run.loadavg_before,
+        "loadavg_after": run.loadavg_after,
+        "child_done": run.done,
+        "command": command,
+    }
+    if not run.stopped_early:
+        record["wer"] = round(word_error_rate(bench_input.reference, run.text), 4)
+        record["speed_x"] = round(bench_input.duration_s / run.wall_s, 2)
+    return record
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", type=Path, help="an audio file (16 kHz mono 16-bit wav)")
+    p.add_argument("--ref", type=Path, help="its reference transcript (with --input)")
+    p.add_argument("--minutes", type=float, default=inputs.DEFAULT_MINUTES,
+                   help="length of the generated fixture input (default %(default)s)")
+    p.add_argument("--seed", type=int, default=inputs.DEFAULT_SEED)
+    p.add_argument("--engine", default="faster-whisper", choices=("faster-whisper", "openai-whisper"),
+                   help="streamscribe's engine")
+    p.add_argument("--model", default="tiny.en", help="name or local path (default %(default)s)")
+    p.add_argument("--beam-size", type=int, default=5, help="every system's beam size")
+    p.add_argument("--compute-type", default="int8", help="CTranslate2 compute type")
+    p.add_argument("--workers", type=int, help="streamscribe --workers (default: the CLI's)")
+    p.add_argument("--transcriber-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for streamscribe's CLI (repeatable), for tuning runs")
+    p.add_argument("--systems", default=",".join(default_systems()),
+                   help="comma-separated systems to run (default: %(default)s)")
+    p.add_argument("--long", action="store_true",
+                   help="also streamscribe on 60 min (first segment) and 3 h (peak memory)")
+    p.add_argument("--long-minutes", default=None, metavar="TTFS,RSS",
+                   help="override the --long lengths (default 60,180)")
+    p.add_argument("--out", type=Path, default=BENCH_DIR,
+                   help="where results.json and RESULTS.md go (default bench/)")
+    args = p.parse_args(argv)
+    if (args.input is None) != (args.ref is None):
+        p.error("--input and --ref go together")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    systems = default_systems()
+    chosen = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in systems]
+    if unknown:
+        print(f"error: unknown system(s) {unknown}; known: {list(systems)}", file=sys.stderr)
+        return 2
+    long_runs = dict(LONG_RUNS)
+    if args.long_minutes:
+        ttfs, rss = (float(x) for x in args.long_minutes.split(","))
+        long_runs = {"ttfs_60min": (ttfs, True), "rss_3h": (rss, False)}
+
+    cfg = BenchConfig(
+        engine=args.engine, model=args.model, beam_size=args.beam_size,
+        compute_type=args.compute_type, workers=args.workers,
+        transcriber_args=tuple(args.transcriber_arg),
+    )
+    results: dict = {"schema": 1, "machine": machine_info()}
+    try:
+        bench_input = (
+            inputs.from_file(args.input, args.ref) if args.input
+            else inputs.long_form(args.minutes, args.seed)
+        )
+        # Converted outside the timed runs: a one-off cost, cached.
+        weights = resolve_weights(args.model)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results["config"] = {**cfg.__dict__, "transcriber_args": list(cfg.transcriber_args),
+                         "weights": weights.__dict__, "systems": chosen}
+    results["input"] = bench_input.describe()
+    log_dir = args.out / "logs" if args.out != BENCH_DIR else inputs.WORK / "logs"
+    env = child_env()
+
+    def measure(name: str, label: str, wav_input: inputs.BenchInput, stop: bool = False) -> dict:
+        command = systems[name].command(wav_input.wav, cfg, weights)
+        print(f"[bench] {label}: {wav_input.duration_s / 60:.1f} min ...", file=sys.stderr, flush=True)
+        run = run_child(label, command, log_dir, stop_after_first_segment=stop, env=env)
+        record = run_record(run, wav_input, command)
+        print(f"[bench] {label}: wall {record['wall_s']} s, first segment "
+              f"{record['first_segment_s']} s, peak RSS {record['peak_rss_mb']} MB, "
+              f"WER {record['wer']}", file=sys.stderr, flush=True)
+        return record
+
+    try:
+        results["systems"] = {name: measure(name, name, bench_input) for name in chosen}
+        results["long"] = {key: None for key in long_runs}
+        if args.long:
+            for key, (minutes, stop) in long_runs.items():
+                long_input = inputs.long_form(minutes, args.seed)
+                results["long"][key] = measure("streamscribe", f"long.{key}", long_input, stop)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["ratios"] = evaluate_goals(results)
+    table = markdown(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "RESULTS.md").write_text(table)
+    print(table)
+    return 0

@@ -1,0 +1,107 @@
+"""The benchmark end to end on a ~30-second input: real systems, real weights, real speech.
+
+Speed is never asserted here (that is what ``make bench`` reports); the test checks that every
+system ran, that each figure is a measured positive number, that the transcripts are real
+(WER against the fixtures' references), and the shape of ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+from bench.inputs import fixture_clips, long_form, read_wav
+from bench.report import default_goals, word_error_rate
+from bench.systems import default_systems
+from bench.whole_file import _Emitter, _VerboseTap
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_FIGURES = ("wall_s", "first_segment_s", "peak_rss_mb", "wer")
+
+
+def test_long_form_is_deterministic_real_speech(tmp_path: Path) -> None:
+    a = long_form(0.5, seed=7, work_dir=tmp_path / "a")
+    b = long_form(0.5, seed=7, work_dir=tmp_path / "b")
+    c = long_form(0.5, seed=8, work_dir=tmp_path / "c")
+    assert a.wav.read_bytes() == b.wav.read_bytes() and a.reference == b.reference
+    assert a.wav.read_bytes() != c.wav.read_bytes()
+    assert a.duration_s >= 30
+    with wave.open(str(a.wav)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+    # The reference is the clips' references in order: every word comes from a fixture.
+    fixture_words = {w for clip in fixture_clips() for w in clip.text.lower().split()}
+    assert set(a.reference.lower().split()) <= fixture_words
+    # Pauses between clips are quiet but not digital silence (a noise floor).
+    audio = read_wav(a.wav)
+    assert 0 < float(abs(audio[-4000:]).max()) < 0.02
+    # A second call is a cache hit: same file, not rewritten.
+    mtime = a.wav.stat().st_mtime_ns
+    assert long_form(0.5, seed=7, work_dir=tmp_path / "a").wav.stat().st_mtime_ns == mtime
+
+
+def test_verbose_tap_turns_whisper_prints_into_segments(capsys: pytest.CaptureFixture) -> None:
+    emitter = _Emitter(sys.stdout)
+    tap = _VerboseTap(emitter)
+    tap.write("[00:00.000 --> 00:07.740]  And so my fellow Americans")
+    tap.write("\n[01:02:03.500 --> 01:02:05.000]  ask not\nnot a segment\n")
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["index"], e["start"], e["end"], e["text"]) for e in events] == [
+        (0, 0.0, 7.74, "And so my fellow Americans"),
+        (1, 3723.5, 3725.0, "ask not"),
+    ]
+
+
+def test_wer_uses_whisper_normaliser() -> None:
+    assert word_error_rate("Ten of clubs.", "10 of Clubs") == 0.0
+    assert word_error_rate("ask not what your country", "ask what your country") == 0.2
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_30_seconds(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--minutes", "0.5", "--beam-size", "1",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+
+    machine = results["machine"]
+    assert machine["cores"] >= 1 and machine["cpu_model"] and machine["date"]
+    assert len(machine["loadavg_start"]) == 3 and len(machine["loadavg_end"]) == 3
+    assert results["config"]["beam_size"] == 1
+    assert results["input"]["duration_s"] >= 30
+
+    assert list(results["systems"]) == list(default_systems())
+    for name, run in results["systems"].items():
+        for figure in SYSTEM_FIGURES:
+            value = run[figure]
+            assert isinstance(value, int | float) and math.isfinite(value), (name, figure, value)
+            assert value >= 0 if figure == "wer" else value > 0, (name, figure, value)
+        assert run["first_segment_s"] <= run["wall_s"], name
+        assert run["segments"] >= 1 and not run["stopped_early"]
+        # Real transcripts of real speech: tiny.en gets most words right.
+        assert run["wer"] < 0.3, (name, run["wer"])
+    assert results["systems"]["streamscribe"]["peak_processes"] >= 2  # CLI + pool workers
+
+    assert results["long"] == {"ttfs_60min": None, "rss_3h": None}
+    goals = {goal.key: goal for goal in default_goals()}
+    assert set(results["ratios"]) == set(goals)
+    for key, ratio in results["ratios"].items():
+        assert ratio["goal"] == goals[key].goal
+        if goals[key].needs_long:
+            assert ratio["value"] is None and ratio["met"] is None
+        else:
+            assert isinstance(ratio["value"], float) and math.isfinite(ratio["value"])
+            assert ratio["met"] is (ratio["value"] <= ratio["goal"])
+
+    table = (tmp_path / "RESULTS.md").read_text()
+    for name in results["systems"]:
+        assert f"| {name} |" in table
+    assert table in proc.stdout
