@@ -12,8 +12,8 @@ model less context, so segments are made as long as allowed and cut where nobody
 4. The cut goes in the middle of the best *real silence* (a quiet run of at least
    ``silence_min_seconds``) between ``min_seconds`` and ``max_seconds`` into the segment: the
    longest one (runs of 1 s and more count as equal), and of equals the latest, so segments stay
-   long. Without one, the cut goes at the quietest 100 ms in the last ``search_seconds`` before
-   ``max_seconds``.
+   long; a silence still going on at ``max_seconds`` is cut there. Without a real silence the
+   cut goes at the quietest 100 ms in the last ``search_seconds`` before ``max_seconds``.
 
 Segments cover the input exactly (no gap, no overlap, sample-exact offsets); the tail is always
 emitted, however short; at most ``max_seconds`` of samples are ever buffered.
@@ -185,6 +185,10 @@ class Segmenter:
             cap = max(need, round(_LONG_SILENCE_S * SAMPLE_RATE / frame))
             score = np.minimum(lengths, cap) * (hi + 1) + ends  # longest (capped), then latest
             best = np.flatnonzero(real)[np.argmax(score[real])]
+            if lo + ends[best] == hi:
+                # The silence lasts past the buffer: keep it whole, so long silences make long
+                # (silent, skippable) segments instead of a series of minimum-length ones.
+                return hi * frame
             return (lo + (starts[best] + ends[best]) // 2) * frame
         search_lo = max(lo, hi - round(opts.search_seconds * SAMPLE_RATE / frame))
         window = level[search_lo:hi]
