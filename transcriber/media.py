@@ -378,6 +378,8 @@ def _network_reason(low: str, fallback: str) -> str:
     return next((reason for fragment, reason in _NETWORK.items() if fragment in low), fallback)
 
 
+_RATE_LIMITED = "The site is rate-limiting this server; try again in a while."
+
 #: (lower-case fragments of yt-dlp's message, error class, code, message for people).
 #: First match wins, so the specific "Private video. Sign in..." precedes the sign-in cases.
 _YTDLP_REASONS: list[tuple[tuple[str, ...], type[MediaError], str, str]] = [
@@ -398,9 +400,9 @@ _YTDLP_REASONS: list[tuple[tuple[str, ...], type[MediaError], str, str]] = [
      "This video is for the channel's paying members only."),
     (("live event will begin", "premieres in", "will begin in"), SourceUnavailable, "not_started",
      "This live stream or premiere has not started yet."),
-    (("drm",), SourceUnavailable, "drm", "This video is DRM-protected and cannot be decoded."),
+    (("drm protected", "drm-protected"), SourceUnavailable, "drm", "This video is DRM-protected and cannot be decoded."),
     (("try again later", "too many requests", "rate-limit", "rate limit"), SourceUnavailable,
-     "rate_limited", "The site is rate-limiting this server; try again in a while."),
+     "rate_limited", _RATE_LIMITED),
     (("video unavailable", "has been removed", "no longer available", "account associated",
       "been terminated", "does not exist"), SourceUnavailable, "removed",
      "This video is unavailable: it was removed or never existed."),
@@ -431,7 +433,7 @@ def _ytdlp_error(err: Exception, url: str) -> MediaError:
             f"The site refused access to this link (HTTP {status}).", code="forbidden", detail=raw
         )
     if status == 429:
-        return SourceUnavailable(_YTDLP_REASONS[8][3], code="rate_limited", detail=raw)
+        return SourceUnavailable(_RATE_LIMITED, code="rate_limited", detail=raw)
     if status is not None and status >= 500:
         return SourceUnreachable(f"The site failed to answer (HTTP {status}); try again later.", detail=raw)
     host = urlsplit(url).hostname or url

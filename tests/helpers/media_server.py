@@ -15,6 +15,7 @@ Usage::
         srv.paths                             # ["/jfk.m4a", ...] in request order
         srv.bytes_sent("/jfk.m4a")            # body bytes written so far for that path
         srv.completed("/jfk.m4a")             # True once one response body was sent in full
+        mark = srv.mark(); ...; srv.bytes_sent("/jfk.m4a", since=mark)   # only later requests
 
 Options (constructor keywords; all but ``files``/``directory`` may be changed on a running
 server by assigning the attribute):
@@ -158,17 +159,23 @@ class MediaServer:
         with self._lock:
             return [r.path for r in self.log]
 
-    def requests(self, path: str | None = None) -> list[Request]:
+    def mark(self) -> int:
+        """A position in the log: pass it as ``since`` to count only later requests."""
         with self._lock:
-            return [r for r in self.log if path is None or r.path.split("?")[0] == path]
+            return len(self.log)
 
-    def bytes_sent(self, path: str | None = None) -> int:
+    def requests(self, path: str | None = None, since: int = 0) -> list[Request]:
+        """Requests (for one path, query ignored), from log position ``since`` on."""
+        with self._lock:
+            return [r for r in self.log[since:] if path is None or r.path.split("?")[0] == path]
+
+    def bytes_sent(self, path: str | None = None, since: int = 0) -> int:
         """Body bytes written so far (for one path, or in total)."""
-        return sum(r.sent for r in self.requests(path))
+        return sum(r.sent for r in self.requests(path, since))
 
-    def completed(self, path: str) -> bool:
+    def completed(self, path: str, since: int = 0) -> bool:
         """Whether any response for ``path`` has sent its whole body."""
-        return any(r.complete for r in self.requests(path))
+        return any(r.complete for r in self.requests(path, since))
 
     def size(self, path: str) -> int:
         body = self._lookup(path)
