@@ -1,0 +1,244 @@
+"""Fan segment jobs out to the Modal GPU ``Transcriber`` class with ``.map.aio``.
+
+Two things live here, both shared by the CPU web container and the GPU containers:
+
+* the **payload codec**: a :class:`~transcriber.fanout.SegmentJob` becomes a small dict of
+  primitives (the segment's audio as little-endian int16 PCM bytes, the decode options, the
+  segment's index and absolute offset) and a :class:`~transcriber.fanout.SegmentResult` comes
+  back the same way. Only one segment's audio travels per input — 30 s x 16 kHz x 2 bytes =
+  960 KB, under Modal's 2 MiB inline payload limit — never the whole file. Plain dicts (not
+  our dataclasses) cross the wire so a container built from an older commit still reads them.
+* :class:`ModalMapper`, the :class:`~transcriber.fanout.Mapper` that sends the payloads with
+  ``Transcriber(engine=..., model=...).transcribe.map.aio(..., order_outputs=False,
+  return_exceptions=True)`` and turns what comes back into ``SegmentResult``\\s.
+
+This module and ``app/modal_app.py`` are the only ones that touch Modal; the codec itself
+needs nothing from it, which is what lets tests run the GPU method's body through ``.local()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import asdict, fields
+from typing import Any, Protocol
+
+import numpy as np
+
+from transcriber import SAMPLE_RATE
+from transcriber.engine import EngineConfig, Piece, TranscribeOptions, Word
+from transcriber.fanout import SegmentJob, SegmentResult
+
+#: Bumped when the payload layout changes incompatibly; a mismatch is an error, not a guess.
+PAYLOAD_VERSION = 1
+#: Modal sends inputs up to 2 MiB inline; leave room for the few other fields.
+MAX_PCM_BYTES = 2 * 1024 * 1024 - 64 * 1024
+
+
+class PayloadError(ValueError):
+    """A payload this code cannot read (wrong version, missing field, oversize audio)."""
+
+
+# -- codec -------------------------------------------------------------------------------------
+
+
+def encode_pcm(audio: np.ndarray) -> bytes:
+    """float32 in [-1, 1] -> little-endian int16 bytes (the decoder's own sample format)."""
+    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    return np.round(clipped * 32767.0).astype("<i2").tobytes()
+
+
+def decode_pcm(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+
+
+def encode_job(job: SegmentJob) -> dict[str, Any]:
+    """What one GPU input carries. The engine config stays behind: the container has its own
+    (its device, its weight cache), chosen by the ``Transcriber`` parameters."""
+    pcm = b"" if job.silent else encode_pcm(job.audio)
+    if len(pcm) > MAX_PCM_BYTES:
+        seconds = len(pcm) / 2 / SAMPLE_RATE
+        raise PayloadError(
+            f"segment {job.index} is {seconds:.0f} s long; a Modal input carries at most "
+            f"{MAX_PCM_BYTES / 2 / SAMPLE_RATE:.0f} s of audio (segments are cut at 30 s)"
+        )
+    return {
+        "v": PAYLOAD_VERSION,
+        "index": job.index,
+        "start": job.start,
+        "end": job.end,
+        "silent": job.silent,
+        "samples": len(job.audio),
+        "pcm": pcm,
+        "options": asdict(job.options),
+    }
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Drop keys a dataclass does not have (a payload from a newer sender stays readable)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def decode_job(payload: dict[str, Any], engine: EngineConfig) -> SegmentJob:
+    if not isinstance(payload, dict) or payload.get("v") != PAYLOAD_VERSION:
+        got = payload.get("v") if isinstance(payload, dict) else type(payload).__name__
+        raise PayloadError(f"expected a version {PAYLOAD_VERSION} segment payload, got {got!r}")
+    try:
+        silent = bool(payload["silent"])
+        audio = (
+            np.zeros(int(payload["samples"]), dtype=np.float32)
+            if silent
+            else decode_pcm(payload["pcm"])
+        )
+        return SegmentJob(
+            index=int(payload["index"]),
+            start=float(payload["start"]),
+            end=float(payload["end"]),
+            audio=audio,
+            engine=engine,
+            options=TranscribeOptions(**_known(TranscribeOptions, payload["options"])),
+            silent=silent,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise PayloadError(f"malformed segment payload: {err}") from err
+
+
+def encode_result(result: SegmentResult) -> dict[str, Any]:
+    plain = {f.name: getattr(result, f.name) for f in fields(SegmentResult) if f.name != "pieces"}
+    return {"v": PAYLOAD_VERSION, **plain, "pieces": [asdict(p) for p in result.pieces]}
+
+
+def _piece(data: dict[str, Any]) -> Piece:
+    words = data.get("words")
+    piece = Piece(**_known(Piece, {**data, "words": None}))
+    if words is not None:
+        piece.words = [Word(**_known(Word, w)) for w in words]
+    return piece
+
+
+def decode_result(payload: dict[str, Any]) -> SegmentResult:
+    if not isinstance(payload, dict) or payload.get("v") != PAYLOAD_VERSION:
+        got = payload.get("v") if isinstance(payload, dict) else type(payload).__name__
+        raise PayloadError(f"expected a version {PAYLOAD_VERSION} result payload, got {got!r}")
+    try:
+        plain = _known(SegmentResult, {k: v for k, v in payload.items() if k != "pieces"})
+        return SegmentResult(**plain, pieces=[_piece(p) for p in payload["pieces"]])
+    except (KeyError, TypeError) as err:
+        raise PayloadError(f"malformed result payload: {err}") from err
+
+
+# -- the mapper --------------------------------------------------------------------------------
+
+
+class _MapMethod(Protocol):
+    """The slice of ``modal.Function`` the mapper uses (a method of a ``modal.Cls`` instance)."""
+
+    def aio(
+        self, payloads: AsyncIterator[dict], *, order_outputs: bool, return_exceptions: bool
+    ) -> AsyncIterator[Any]: ...
+
+
+def _failure_message(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return f"the GPU worker failed on this segment after its retries ({type(err).__name__}: {text})"
+
+
+class ModalMapper:
+    """:class:`~transcriber.fanout.Mapper` over a Modal class with a ``transcribe`` method.
+
+    ``transcriber_cls`` is the ``Transcriber`` from ``app.modal_app`` (anything called as
+    ``transcriber_cls(engine=..., model=...)`` whose ``.transcribe.map.aio`` behaves like
+    Modal's). The first job's :class:`~transcriber.engine.EngineConfig` picks the instance;
+    every job of one map shares it (one pipeline run has one engine).
+
+    Results arrive in completion order. Each payload carries its index, so a result maps
+    back to its segment by itself. A *failure* does not: with ``return_exceptions=True`` Modal
+    yields the bare exception (a container that died after its retries, an input timeout), not
+    the input it belonged to. Engine errors never get that far — ``run_job`` returns them as
+    ``SegmentResult.error`` — so these are rare, and are placed by elimination: once every
+    segment still outstanding is accounted for by an exception (at the latest when the map
+    ends), those segments become error results, in index order.
+
+    ``max_in_flight`` bounds the segments sent and not yet answered, so a fast decoder does not
+    queue a whole 2-hour file in memory ahead of the GPUs. Closing the returned generator (or
+    cancelling its consumer) closes Modal's map: nothing more is sent and nothing more is
+    awaited; a segment already running on a GPU finishes there and its result is dropped.
+    """
+
+    def __init__(self, transcriber_cls: Any, *, max_in_flight: int = 32):
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.transcriber_cls = transcriber_cls
+        self.max_in_flight = max_in_flight
+
+    def _method(self, config: EngineConfig) -> _MapMethod:
+        instance = self.transcriber_cls(engine=config.engine, model=config.model)
+        return instance.transcribe.map
+
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+        jobs = aiter(jobs)
+        first = await anext(jobs, None)
+        if first is None:
+            return
+        config = first.engine
+        #: index -> (start, end) for every segment sent and not yet answered.
+        outstanding: dict[int, tuple[float, float]] = {}
+        failures: list[BaseException] = []
+        slots = asyncio.Semaphore(self.max_in_flight)
+        rejected: list[SegmentResult] = []
+
+        async def payloads() -> AsyncIterator[dict]:
+            job: SegmentJob | None = first
+            while job is not None:
+                if (job.engine.engine, job.engine.model) != (config.engine, config.model):
+                    # Cannot happen from one pipeline run; refuse rather than mis-transcribe.
+                    rejected.append(
+                        SegmentResult(job.index, job.start, job.end, error="engine changed mid-job")
+                    )
+                else:
+                    await slots.acquire()
+                    outstanding[job.index] = (job.start, job.end)
+                    yield encode_job(job)
+                job = await anext(jobs, None)
+
+        def settle(index: int) -> None:
+            outstanding.pop(index, None)
+            slots.release()
+
+        def failed_now() -> list[SegmentResult]:
+            """Outstanding segments that the exceptions received so far must belong to."""
+            if not failures or len(failures) < len(outstanding):
+                return []
+            results = []
+            for index in sorted(outstanding):
+                start, end = outstanding[index]
+                results.append(SegmentResult(index, start, end, error=_failure_message(failures[0])))
+                settle(index)
+            failures.clear()
+            return results
+
+        stream = self._method(config).aio(payloads(), order_outputs=False, return_exceptions=True)
+        try:
+            async for output in stream:
+                while rejected:
+                    yield rejected.pop(0)
+                if isinstance(output, BaseException):
+                    failures.append(output)
+                else:
+                    result = decode_result(output)
+                    settle(result.index)
+                    yield result
+                for result in failed_now():
+                    yield result
+            while rejected:
+                yield rejected.pop(0)
+            # The map is over: whatever was sent and never answered failed.
+            failures.extend([RuntimeError("no result came back")] * len(outstanding))
+            for result in failed_now():
+                yield result
+        finally:
+            await stream.aclose()
+
+    async def aclose(self) -> None:
+        """Nothing to release here: Modal scales the GPU containers down by itself."""

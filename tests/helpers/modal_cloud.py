@@ -1,0 +1,183 @@
+"""Stand-ins for Modal's cloud — the one thing these tests cannot reach (no token, no network).
+
+Everything that runs on our side of Modal is real in the tests that use these: the payload
+codec, :class:`app.modal_mapper.ModalMapper`, :class:`app.modal_store.ModalDictStore`, and
+the GPU method's body (the real ``Transcriber`` class, its ``@modal.enter`` model load and its
+``transcribe`` method, run through Modal's own ``.local()`` on real weights). What is stood in
+for is only the transport:
+
+- :class:`MapCloud`: ``Transcriber(engine=..., model=...).transcribe.map.aio(payloads,
+  order_outputs=False, return_exceptions=True)`` as Modal serves it — inputs spread over a few
+  "containers" (threads), results in completion order, an input that fails after Modal's
+  retries returned as a bare exception *value* (no index), and closing the stream stops
+  sending inputs. Tests steer the completion order with per-index delays or gates.
+- :class:`DictCloud`: a named ``modal.Dict``'s blocking ``get``/``put``/``update``; values are
+  pickled on the way in and out, as Modal serialises them, so a value that could not
+  travel fails here too and no caller can mutate what is stored.
+
+Usage::
+
+    cloud = MapCloud(Transcriber, containers=2, delays={0: 0.5}, failures={1: TimeoutError()})
+    mapper = ModalMapper(cloud)            # cloud(engine=..., model=...) like the real class
+    cloud.started, cloud.map_calls, cloud.closed
+
+    store = ModalDictStore(DictCloud())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+
+class MapCloud:
+    """STAND-IN for Modal's cloud serving ``.map.aio`` of a class method (see module doc)."""
+
+    def __init__(
+        self,
+        real_cls: Any,
+        *,
+        containers: int = 2,
+        delays: dict[int, float] | None = None,
+        gates: dict[int, threading.Event] | None = None,
+        failures: dict[int, BaseException] | None = None,
+    ):
+        self.real_cls = real_cls
+        self.containers = containers
+        self.delays = delays or {}
+        self.gates = gates or {}
+        self.failures = failures or {}
+        #: The class parameters each instance was made with.
+        self.instances: list[dict[str, Any]] = []
+        #: The keyword arguments of every ``map.aio`` call.
+        self.map_calls: list[dict[str, Any]] = []
+        #: Every payload received, in the order the mapper sent them.
+        self.payloads: list[dict[str, Any]] = []
+        #: Indices in the order a "container" started them.
+        self.started: list[int] = []
+        #: Set once a map stream was closed (by its consumer or by running out).
+        self.closed = False
+
+    def __call__(self, **params: Any) -> _Instance:
+        self.instances.append(params)
+        return _Instance(self, params)
+
+    async def _serve(
+        self, params: dict[str, Any], payloads: AsyncIterator[dict], *, order_outputs: bool,
+        return_exceptions: bool,
+    ) -> AsyncIterator[Any]:  # fmt: skip
+        self.map_calls.append({"order_outputs": order_outputs, "return_exceptions": return_exceptions})
+        if order_outputs:
+            raise NotImplementedError("this stand-in serves completion order only")
+        # One class instance per "container", each serving one input at a time: as on Modal,
+        # a container runs its @modal.enter once, before its first input.
+        containers: asyncio.Queue = asyncio.Queue()
+        for _ in range(self.containers):
+            containers.put_nowait(self.real_cls(**params))
+        done: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()  # keeps the tasks referenced until done
+
+        def run(container: Any, payload: dict) -> Any:
+            index = payload["index"]
+            gate = self.gates.get(index)
+            if gate is not None and not gate.wait(timeout=60):
+                raise AssertionError(f"gate for segment {index} never opened")
+            time.sleep(self.delays.get(index, 0.0))
+            if index in self.failures:
+                raise self.failures[index]
+            return container.transcribe.local(payload)
+
+        async def one(container: Any, payload: dict) -> None:
+            try:
+                self.started.append(payload["index"])
+                outcome = await asyncio.to_thread(run, container, payload)
+            except Exception as err:  # Modal returns what the input raised after its retries
+                outcome = err
+            finally:
+                containers.put_nowait(container)
+            await done.put(outcome)
+
+        async def feed() -> None:
+            async for payload in payloads:
+                # What crosses the wire is a pickled copy, never the mapper's own object.
+                payload = pickle.loads(pickle.dumps(payload))
+                self.payloads.append(payload)
+                container = await containers.get()
+                task = asyncio.create_task(one(container, payload))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+        feeder = asyncio.create_task(feed())
+        received = 0
+        try:
+            while not (feeder.done() and received == len(self.payloads)):
+                getter = asyncio.create_task(done.get())
+                waiting = {getter} if feeder.done() else {getter, feeder}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    if feeder.exception() is not None:
+                        raise feeder.exception()
+                    continue
+                outcome = getter.result()
+                received += 1
+                if isinstance(outcome, BaseException) and not return_exceptions:
+                    raise outcome
+                yield pickle.loads(pickle.dumps(outcome))
+        finally:
+            # Closing the map: stop taking inputs; segments already on a "GPU" finish there.
+            self.closed = True
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+
+
+class _Instance:
+    def __init__(self, cloud: MapCloud, params: dict[str, Any]):
+        self.transcribe = _Method(cloud, params)
+
+
+class _Method:
+    def __init__(self, cloud: MapCloud, params: dict[str, Any]):
+        self.map = _Map(cloud, params)
+
+
+class _Map:
+    def __init__(self, cloud: MapCloud, params: dict[str, Any]):
+        self.cloud, self.params = cloud, params
+
+    def aio(self, payloads, *, order_outputs: bool = True, return_exceptions: bool = False):
+        return self.cloud._serve(
+            self.params, payloads, order_outputs=order_outputs, return_exceptions=return_exceptions
+        )
+
+
+class DictCloud:
+    """STAND-IN for a named ``modal.Dict`` (see module doc); ``calls`` counts round trips."""
+
+    def __init__(self) -> None:
+        self._data: dict[Any, bytes] = {}
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self._lock:
+            self.calls += 1
+            raw = self._data.get(key)
+        return default if raw is None else pickle.loads(raw)
+
+    def put(self, key: Any, value: Any) -> bool:
+        self.update({key: value})
+        return True
+
+    def update(self, other: dict[Any, Any], /) -> None:
+        encoded = {k: pickle.dumps(v) for k, v in other.items()}
+        with self._lock:
+            self.calls += 1
+            self._data.update(encoded)
+
+    def __len__(self) -> int:
+        return len(self._data)

