@@ -1,0 +1,541 @@
+"""Jobs: one transcription run, its event log, and everyone listening to it.
+
+A job is an asyncio task that consumes :func:`transcriber.pipeline.transcribe_stream`. Each event
+gets the next sequence number of its job (1, 2, 3...; the SSE ``id:``), is written to the store,
+and only then is handed to live listeners — so anything a listener has seen can be replayed.
+
+Lifetimes:
+
+- A job runs while someone follows it, and for ``job_grace_s`` after the last listener leaves
+  (or after it was created, or last looked at with :meth:`JobManager.get`); then it is cancelled.
+  One-shot streams (``POST /transcribe``) use a grace of zero: their client leaving stops the work.
+- The same request (source + engine + model + language + task + mode + beam size) is a *cache
+  key*. Asking again while a job with that key runs joins it; once it is done, the finished job
+  itself is returned and replayed from the store (no new job is made, nothing is transcribed).
+- A job still ``queued``/``running`` when its server died is marked ``interrupted`` at start-up.
+  Asking for it again (same request, or its events) resumes it in place: the pipeline gets the
+  finished segments as ``completed=`` and transcribes only what is missing; sequence numbers go
+  on from the last stored one, so a browser's EventSource reconnect loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings, check_url
+from app.store import (
+    FINISHED,
+    INTERRUPTED,
+    JobRecord,
+    Store,
+    StoredEvent,
+    completed_segments,
+)
+from transcriber.engine import ENGINES, EngineConfig, TranscribeOptions
+from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, to_dict
+from transcriber.fanout import Mapper
+from transcriber.media import youtube_id
+from transcriber.pipeline import PipelineOptions, transcribe_stream
+
+log = logging.getLogger("streamscribe.jobs")
+
+MODES = ("parallel", "sequential")
+TASKS = ("transcribe", "translate")
+
+
+class JobError(Exception):
+    """Base of the errors the API maps to HTTP statuses; ``str()`` is for people."""
+
+    status = 400
+
+
+class JobNotFound(JobError):
+    status = 404
+
+
+class TooManyJobs(JobError):
+    """The concurrent-job limit is reached; try again after ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, limit: int, retry_after: int):
+        super().__init__(
+            f"The server is busy with {limit} transcriptions already; try again in about "
+            f"{retry_after} s."
+        )
+        self.retry_after = retry_after
+
+
+class NotResumable(JobError):
+    status = 409
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What to transcribe and how; the API's request body, defaults filled by :meth:`resolved`."""
+
+    #: An http(s) link yt-dlp understands (checked by :func:`app.settings.check_url`).
+    url: str | None = None
+    #: Path of an uploaded file under the data directory (set by the API, never by a client).
+    upload: str | None = None
+    #: SHA-256 of the uploaded bytes: the upload's identity for the cache.
+    upload_sha256: str | None = None
+    #: The uploaded file's name, shown as the title.
+    filename: str | None = None
+    model: str | None = None
+    engine: str | None = None
+    #: None = detect.
+    language: str | None = None
+    task: str = "transcribe"
+    mode: str = "parallel"
+    beam_size: int | None = None
+
+    def resolved(self, settings: Settings) -> JobRequest:
+        """Defaults from ``settings`` filled in, and everything validated (``ValueError``)."""
+        if (self.url is None) == (self.upload is None):
+            raise ValueError("Give either a URL or a file.")
+        if self.url is not None:
+            check_url(self.url, settings)
+        engine = self.engine or settings.engine
+        if engine not in ENGINES:
+            raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}.")
+        if self.task not in TASKS:
+            raise ValueError(f"Unknown task {self.task!r}; choose transcribe or translate.")
+        if self.mode not in MODES:
+            raise ValueError(f"Unknown mode {self.mode!r}; choose parallel or sequential.")
+        model = self.model or settings.model
+        if model != settings.model and model not in WHISPER_MODELS:
+            # A request must never name a local path: only the server's model or a known name.
+            raise ValueError(f"Unknown model {model!r}; choose one of {', '.join(WHISPER_MODELS)}.")
+        language = (self.language or "").strip().lower() or None
+        if model.endswith(".en") and language not in (None, "en"):
+            raise ValueError(f"The English-only model {model} cannot transcribe {language!r}.")
+        return replace(
+            self,
+            url=self.url.strip() if self.url else None,
+            engine=engine,
+            model=model,
+            language=language,
+            beam_size=self.beam_size or settings.beam_size,
+        )
+
+    def source_key(self) -> str:
+        """The source's identity: a YouTube video id, the upload's hash, else the URL."""
+        if self.upload is not None:
+            return f"file:{self.upload_sha256}"
+        vid = youtube_id(self.url)
+        return f"youtube:{vid}" if vid else f"url:{self.url}"
+
+    def cache_key(self) -> str:
+        parts = {
+            "source": self.source_key(),
+            "engine": self.engine,
+            "model": self.model,
+            "language": self.language,
+            "task": self.task,
+            "mode": self.mode,
+            "beam_size": self.beam_size,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+WHISPER_MODELS = (
+    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+    "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo", "distil-large-v3",
+)  # fmt: skip
+
+
+@dataclass
+class Submitted:
+    record: JobRecord
+    #: ``new`` | ``joined`` (same request already running) | ``cached`` (finished job) | ``resumed``.
+    outcome: str
+
+
+@dataclass
+class _Live:
+    """A job that has a task in this process."""
+
+    record: JobRecord
+    request: JobRequest
+    grace: float
+    seq: int = 0
+    task: asyncio.Task | None = None
+    listeners: set[asyncio.Queue] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+    finished: bool = False
+    #: Why the task was cancelled: ``cancelled`` (DELETE), ``abandoned`` (no listener), ``shutdown``.
+    stop_reason: str | None = None
+    eta: float | None = None
+
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        if self.finished:
+            queue.put_nowait(None)
+        self.listeners.add(queue)
+        return queue
+
+    def publish(self, ev: StoredEvent | None) -> None:
+        for queue in self.listeners:
+            queue.put_nowait(ev)
+
+
+@dataclass
+class Stats:
+    """Counters for ``/healthz`` and tests: what the manager did since start."""
+
+    jobs_started: int = 0
+    jobs_resumed: int = 0
+    jobs_joined: int = 0
+    cache_hits: int = 0
+    segments_transcribed: int = 0
+    running: int = 0
+
+
+class JobManager:
+    """Starts, shares, caches, resumes and cancels jobs; the API's only way into the pipeline."""
+
+    def __init__(self, settings: Settings, mapper: Mapper, store: Store, *, recover: bool = True):
+        self.settings = settings
+        self.mapper = mapper
+        self.store = store
+        #: Mark jobs left running by a dead server as interrupted at :meth:`startup`. A deployment
+        #: whose servers share one store (several Modal containers) must turn this off.
+        self.recover = recover
+        self.stats = Stats()
+        self._live: dict[str, _Live] = {}
+        self._by_key: dict[str, _Live] = {}
+        self._submit_lock = asyncio.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def startup(self) -> int:
+        """Mark jobs a dead server left behind as interrupted; returns how many."""
+        if not self.recover:
+            return 0
+        stale = await asyncio.to_thread(self.store.jobs_with_status, ("queued", "running"))
+        for rec in stale:
+            await asyncio.to_thread(self.store.update_job, rec.id, status=INTERRUPTED)
+        return len(stale)
+
+    async def shutdown(self) -> None:
+        """Stop every job; they stay ``interrupted`` in the store and resume when asked for."""
+        lives = list(self._live.values())
+        for live in lives:
+            self._stop(live, "shutdown")
+        await asyncio.gather(*(lv.task for lv in lives if lv.task), return_exceptions=True)
+
+    # -- the API's calls -----------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest, *, one_shot: bool = False) -> Submitted:
+        """Start (or join, or serve from cache, or resume) the job for ``request``.
+
+        ``request`` must be :meth:`JobRequest.resolved`. Raises :class:`TooManyJobs`.
+        """
+        key = request.cache_key()
+        async with self._submit_lock:
+            live = self._by_key.get(key)
+            if live is not None and not live.finished:
+                if not one_shot:
+                    live.grace = max(live.grace, self.settings.job_grace_s)
+                self.stats.jobs_joined += 1
+                self._discard_upload(request, live.request)
+                return Submitted(live.record, "joined")
+            done = await asyncio.to_thread(self.store.find_by_key, key, ("done",))
+            if done is not None:
+                self.stats.cache_hits += 1
+                self._discard_upload(request, None)
+                return Submitted(done, "cached")
+            stale = await asyncio.to_thread(self.store.find_by_key, key, (INTERRUPTED,))
+            if stale is not None:
+                self._discard_upload(request, JobRequest(**stale.request))
+                live = await self._resume(stale, one_shot=one_shot)
+                return Submitted(live.record, "resumed")
+            self._check_capacity()
+            record = JobRecord(id=uuid.uuid4().hex, key=key, request=asdict(request))
+            await asyncio.to_thread(self.store.create_job, record)
+            self._start(record, request, one_shot=one_shot, completed=[], seq=0)
+            self.stats.jobs_started += 1
+            return Submitted(record, "new")
+
+    async def get(self, job_id: str) -> JobRecord:
+        """The job's record; looking at a job counts as interest (restarts its grace period)."""
+        record = await asyncio.to_thread(self.store.get_job, job_id)
+        if record is None:
+            raise JobNotFound(f"No job with id {job_id!r}.")
+        live = self._live.get(job_id)
+        if live is not None and not live.listeners:
+            self._arm_grace(live, self.settings.job_grace_s)
+        return record
+
+    async def events(self, job_id: str, after: int = 0) -> list[StoredEvent]:
+        return await asyncio.to_thread(self.store.events, job_id, after)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Stop a queued/running job (its last event is an ``error`` with code ``cancelled``)."""
+        record = await self.get(job_id)
+        live = self._live.get(job_id)
+        if live is not None and live.task is not None:
+            self._stop(live, "cancelled")
+            await asyncio.gather(live.task, return_exceptions=True)
+            record = await self.get(job_id)
+        elif record.status == INTERRUPTED:
+            await asyncio.to_thread(self.store.update_job, job_id, status="cancelled")
+            record = await self.get(job_id)
+        return record
+
+    async def follow(
+        self, job_id: str, last_event_id: int | None = None, *, one_shot: bool = False
+    ) -> AsyncIterator[StoredEvent]:
+        """Events after ``last_event_id`` (from the store), then live ones until the job ends.
+
+        Checks run now (:class:`JobNotFound`; an interrupted job is resumed, which may raise
+        :class:`TooManyJobs`); the events come from the returned iterator, which counts as a
+        listener while it is being iterated and until it is closed.
+        """
+        live = self._live.get(job_id)
+        if live is None:
+            record = await asyncio.to_thread(self.store.get_job, job_id)
+            if record is None:
+                raise JobNotFound(f"No job with id {job_id!r}.")
+            if record.status == INTERRUPTED:
+                async with self._submit_lock:
+                    live = self._live.get(job_id) or await self._resume(record, one_shot=one_shot)
+        return self._follow(job_id, last_event_id or 0, live)
+
+    def running(self) -> int:
+        return sum(1 for live in self._live.values() if not live.finished)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _follow(
+        self, job_id: str, after: int, live: _Live | None
+    ) -> AsyncIterator[StoredEvent]:
+        # Subscribe before reading the store: every event published from now on is queued, and
+        # every earlier one is already stored (stored before published). Overlap is dropped by seq.
+        queue = self._listen(live) if live is not None else None
+        try:
+            for ev in await asyncio.to_thread(self.store.events, job_id, after):
+                after = ev.seq
+                yield ev
+            if queue is None:
+                return
+            while (ev := await queue.get()) is not None:
+                if ev.seq > after:
+                    after = ev.seq
+                    yield ev
+        finally:
+            if queue is not None:
+                self._unlisten(live, queue)
+
+    def _listen(self, live: _Live) -> asyncio.Queue:
+        if live.timer is not None:
+            live.timer.cancel()
+            live.timer = None
+        return live.subscribe()
+
+    def _unlisten(self, live: _Live, queue: asyncio.Queue) -> None:
+        live.listeners.discard(queue)
+        if not live.listeners and not live.finished:
+            self._arm_grace(live, live.grace)
+
+    def _arm_grace(self, live: _Live, delay: float) -> None:
+        if live.timer is not None:
+            live.timer.cancel()
+        loop = asyncio.get_running_loop()
+        live.timer = loop.call_later(delay, self._grace_over, live)
+
+    def _grace_over(self, live: _Live) -> None:
+        live.timer = None
+        if not live.listeners and not live.finished:
+            log.info("job %s: nobody listening for %.0f s, stopping it", live.record.id, live.grace)
+            self._stop(live, "abandoned")
+
+    def _stop(self, live: _Live, reason: str) -> None:
+        if live.task is not None and not live.task.done() and live.stop_reason is None:
+            live.stop_reason = reason
+            live.task.cancel()
+
+    def _check_capacity(self) -> None:
+        limit = self.settings.max_concurrent_jobs
+        if self.running() >= limit:
+            etas = [lv.eta for lv in self._live.values() if lv.eta is not None and not lv.finished]
+            retry = int(min(max(min(etas, default=10.0), 1.0), 120.0))
+            raise TooManyJobs(limit, retry)
+
+    async def _resume(self, record: JobRecord, *, one_shot: bool) -> _Live:
+        request = JobRequest(**record.request)
+        if request.upload is not None and not Path(request.upload).exists():
+            raise NotResumable("This job's uploaded file is gone; upload it again.")
+        self._check_capacity()
+        stored = await asyncio.to_thread(self.store.events, record.id, 0)
+        live = self._start(
+            record,
+            request,
+            one_shot=one_shot,
+            completed=completed_segments(stored),
+            seq=stored[-1].seq if stored else 0,
+        )
+        self.stats.jobs_resumed += 1
+        return live
+
+    def _start(
+        self,
+        record: JobRecord,
+        request: JobRequest,
+        *,
+        one_shot: bool,
+        completed: list[SegmentDone],
+        seq: int,
+    ) -> _Live:
+        live = _Live(record, request, grace=0.0 if one_shot else self.settings.job_grace_s, seq=seq)
+        self._live[record.id] = live
+        self._by_key[record.key] = live
+        # Nobody listens yet: the grace period runs from creation (a one-shot stream subscribes
+        # at once; a job made by POST /jobs has job_grace_s to be followed or looked at).
+        self._arm_grace(live, max(live.grace, self.settings.job_grace_s))
+        live.task = asyncio.create_task(self._run(live, completed), name=f"job-{record.id}")
+        self.stats.running = self.running()
+        return live
+
+    def pipeline_options(self, request: JobRequest) -> PipelineOptions:
+        s = self.settings
+        return PipelineOptions(
+            # Threads per worker are the mapper's business (a local pool splits the cores).
+            engine=EngineConfig(engine=request.engine, model=request.model),
+            transcribe=TranscribeOptions(
+                language=request.language, task=request.task, beam_size=request.beam_size
+            ),
+            mode=request.mode,
+            max_duration=s.max_duration_s or None,
+            # A web server must never read its own disk for a URL; cookies help with bot checks.
+            resolve_options=(
+                {"allow_local": False, **({"cookiefile": s.cookies_file} if s.cookies_file else {})}
+                if request.url is not None
+                else {}
+            ),
+        )
+
+    async def _run(self, live: _Live, completed: list[SegmentDone]) -> None:
+        record, request = live.record, live.request
+        resumed = live.seq > 0
+        skip = {seg.index for seg in completed}
+        status, error = "error", None
+        await asyncio.to_thread(self.store.update_job, record.id, status="running")
+        try:
+            wall = self.settings.max_job_wall_s or None
+            async with asyncio.timeout(wall):
+                stream = transcribe_stream(
+                    request.url or request.upload,
+                    self.pipeline_options(request),
+                    self.mapper,
+                    completed={seg.index: seg for seg in completed} or None,
+                )
+                try:
+                    async for event in stream:
+                        # A resumed job already stored its Meta and finished segments.
+                        if resumed and isinstance(event, Meta):
+                            continue
+                        if isinstance(event, SegmentDone) and event.index in skip:
+                            continue
+                        await self._emit(live, event)
+                        if isinstance(event, Done):
+                            status = "done"
+                        elif isinstance(event, Failed):
+                            status, error = "error", event.message
+                finally:
+                    await stream.aclose()
+            if status != "done" and error is None:
+                error = "The transcription ended without a result."
+                await self._emit(live, Failed(error, code="internal"))
+        except TimeoutError:
+            error = f"Stopped: the job ran longer than the {wall:.0f} s limit."
+            await self._emit(live, Failed(error, code="timeout"))
+        except asyncio.CancelledError:
+            reason = live.stop_reason or "shutdown"
+            if reason == "shutdown":
+                # Not the user's doing: leave it resumable for the next server.
+                status = INTERRUPTED
+            else:
+                status = "cancelled"
+                error = (
+                    "Cancelled."
+                    if reason == "cancelled"
+                    else "Stopped: nobody was following this job any more."
+                )
+                await self._emit(live, Failed(error, code="cancelled"))
+        except Exception:
+            log.exception("job %s failed", record.id)
+            error = "Internal error while transcribing; see the server log."
+            await self._emit(live, Failed(error, code="internal"))
+        finally:
+            await self._finish(live, status, error)
+
+    async def _finish(self, live: _Live, status: str, error: str | None) -> None:
+        rec = live.record
+        try:
+            await asyncio.to_thread(self.store.update_job, rec.id, status=status, error=error)
+        finally:
+            live.finished = True
+            if live.timer is not None:
+                live.timer.cancel()
+            live.publish(None)
+            self._live.pop(rec.id, None)
+            if self._by_key.get(rec.key) is live:
+                del self._by_key[rec.key]
+            self.stats.running = self.running()
+            if status in FINISHED:
+                remove_upload(live.request.upload)
+
+    async def _emit(self, live: _Live, event: Event) -> None:
+        """Give ``event`` the next seq, store it, then publish it — even if cancelled meanwhile."""
+        live.seq += 1
+        ev = StoredEvent(live.seq, event.type, to_dict(event))
+        write = asyncio.ensure_future(self._store_and_publish(live, ev, event))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The event may already be in the store: finish publishing it so live listeners
+            # never see a gap, then let the cancellation go on.
+            await write
+            raise
+
+    async def _store_and_publish(self, live: _Live, ev: StoredEvent, event: Event) -> None:
+        await asyncio.to_thread(self.store.append_event, live.record.id, ev)
+        if isinstance(event, Meta):
+            fields: dict[str, Any] = {
+                "title": event.title,
+                "duration": event.duration,
+                "source_id": event.source_id,
+            }
+            await asyncio.to_thread(self.store.update_job, live.record.id, **fields)
+            live.record = replace(live.record, **fields)
+        elif isinstance(event, SegmentDone):
+            self.stats.segments_transcribed += 1
+        elif isinstance(event, Progress):
+            live.eta = event.eta
+        live.publish(ev)
+
+    @staticmethod
+    def _discard_upload(request: JobRequest, kept: JobRequest | None) -> None:
+        """Delete an upload this request brought when another job's file serves instead."""
+        if kept is None or kept.upload != request.upload:
+            remove_upload(request.upload)
+
+
+def remove_upload(path: str | None) -> None:
+    """Delete an uploaded file and the folder made for it (``uploads/<id>/<name>``)."""
+    if path:
+        Path(path).unlink(missing_ok=True)
+        try:
+            Path(path).parent.rmdir()
+        except OSError:
+            pass
