@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import subprocess
-import threading
 
 import pytest
 import yt_dlp
@@ -24,7 +23,6 @@ from tests.helpers.media_files import encode, ffmpeg
 from tests.helpers.media_server import MediaServer
 from transcriber.media import ffmpeg_exe
 from transcriber.urlguard import (
-    FFMPEG_PIPE_INPUT,
     YOUTUBE_EXTRACTORS,
     DownloadFailed,
     GuardedYoutubeDL,
@@ -33,10 +31,12 @@ from transcriber.urlguard import (
     UrlRefused,
     address_class,
     check_url,
+    ffmpeg_input,
     parse_ipv4,
     refusal_in,
     vet_media_url,
     ydl_options,
+    youtube_dl,
 )
 
 PUBLIC_V4 = "142.250.74.46"
@@ -536,6 +536,18 @@ def test_yt_dlp_loads_only_the_extractors_the_allow_list_needs():
     assert len(YOUTUBE_EXTRACTORS) == 3
 
 
+def test_youtube_dl_is_guarded_exactly_when_a_policy_is_given():
+    with (
+        youtube_dl({"quiet": True}) as plain,
+        youtube_dl({"quiet": True}, GuardPolicy()) as guarded,
+    ):
+        assert type(plain) is yt_dlp.YoutubeDL and isinstance(guarded, GuardedYoutubeDL)
+        assert "Generic" in plain._ies and "Generic" not in guarded._ies
+        assert [rh.RH_NAME for rh in guarded._request_director.handlers.values()] == [
+            "requests+urlguard"
+        ]
+
+
 def test_yt_dlp_without_the_generic_extractor_sends_nothing(webm):
     no_generic = GuardPolicy(
         allowed_hosts=("*",), allowed_networks=("127.0.0.1/32",), allowed_ports=None
@@ -704,6 +716,21 @@ def test_download_redirect_to_other_schemes_or_tricks(webm, redirect, code):
     assert info.value.code == code
 
 
+def test_download_resumes_a_dropped_transfer_with_a_range(webm):
+    body = webm.read_bytes()
+    with MediaServer(files={"/a.webm": webm}, truncate_at=30_000) as srv:
+        download = MediaDownload(srv.url("/a.webm"), policy=LOOPBACK_SERVER, block_size=1024)
+        got = bytearray()
+        for chunk in download:
+            srv.truncate_at = None  # the first transfer still breaks off; the resumed one works
+            got += chunk
+        assert bytes(got) == body
+        first, second = srv.requests("/a.webm")
+        assert "Range" not in first.headers and 0 < first.sent < len(body)
+        # Resumed after the last whole block handed out (a partial block is read again).
+        assert second.headers["Range"] == f"bytes={30_000 // 1024 * 1024}-"
+
+
 def test_download_failures_are_typed(webm):
     with MediaServer(
         files={"/a.webm": webm}, redirects={"/loop": "/loop"}, statuses={"/gone": 404}
@@ -724,31 +751,15 @@ def test_download_failures_are_typed(webm):
 
 
 def _decode_through_pipe(url: str, policy: GuardPolicy) -> tuple[bytes, MediaDownload]:
-    download = MediaDownload(url, policy=policy)
+    name, options, download = ffmpeg_input(url, {"User-Agent": "t"}, policy)
+    assert (name, options) == ("pipe:0", {"protocol_whitelist": "pipe"})
     proc = subprocess.Popen(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            *[a for k, v in FFMPEG_PIPE_INPUT.items() for a in (f"-{k}", v)],
-            "-i",
-            "pipe:0",
-            "-f",
-            "s16le",
-            "-ac",
-            "1",
-            "-ar",
-            "16000",
-            "pipe:1",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    feeder = threading.Thread(target=download.copy_to, args=(proc.stdin,), daemon=True)
-    feeder.start()
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
+         *[a for k, v in options.items() for a in (f"-{k}", v)],
+         "-i", name, "-f", "s16le", "-ac", "1", "-ar", "16000", "pipe:1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    feeder = download.start_feeding(proc.stdin)
     pcm = proc.stdout.read()
     proc.wait(timeout=60)
     feeder.join(timeout=10)

@@ -27,8 +27,8 @@ rules, not to the allow-list, because YouTube's own traffic leaves the allow-lis
 Residual risks, accepted and documented:
 
 - Containers that need seeking (MP4 with the ``moov`` atom at the end) cannot be decoded from
-  a pipe; YouTube's audio formats (WebM/Opus, DASH M4A) stream fine. Such a file can be
-  downloaded with :meth:`MediaDownload.copy_to` into a temporary file first.
+  a pipe (ffmpeg decodes nothing); YouTube's audio formats (WebM/Opus, DASH M4A) stream fine.
+  Such a file can be downloaded with :meth:`MediaDownload.copy_to` into a temporary file.
 - HTTP proxies are switched off under the guard: through a proxy the address check would see
   the proxy, not the target.
 - Connections made outside these two clients (a library that opens its own sockets) are not
@@ -662,6 +662,18 @@ class GuardedYoutubeDL(yt_dlp.YoutubeDL):
         return super().extract_info(checked.url, *args, **kwargs)
 
 
+def youtube_dl(
+    params: dict[str, Any] | None = None,
+    policy: GuardPolicy | None = None,
+    resolver: Resolver = socket.getaddrinfo,
+) -> yt_dlp.YoutubeDL:
+    """The yt-dlp that :func:`transcriber.media.resolve` should open: guarded when a policy is
+    given (the service), plain when None (a person's own CLI run on their own machine)."""
+    if policy is None:
+        return yt_dlp.YoutubeDL(params)
+    return GuardedYoutubeDL(params, policy=policy, resolver=resolver)
+
+
 # --------------------------------------------------------------------------------------------
 # the media download that feeds ffmpeg
 
@@ -689,6 +701,8 @@ class MediaDownload:
     credentials are dropped when a redirect leaves the origin. ``range_chunk`` (bytes) makes
     it fetch in sequential ``Range`` requests, as yt-dlp's ``http_chunk_size`` asks for
     YouTube (whose CDN throttles long single transfers). ``max_bytes`` caps the transfer.
+    A transfer that breaks off is resumed with a ``Range`` request up to ``retries`` times
+    when the server supports ranges.
 
     Iterate it in the thread that needs the bytes, or run :meth:`copy_to` in a feeder thread
     to pipe them into ffmpeg (see :data:`FFMPEG_PIPE_INPUT`).
@@ -703,6 +717,7 @@ class MediaDownload:
         resolver: Resolver = socket.getaddrinfo,
         max_bytes: int | None = None,
         range_chunk: int | None = None,
+        retries: int = 2,
         timeout: float = 30.0,
         block_size: int = 64 * 1024,
     ):
@@ -712,6 +727,7 @@ class MediaDownload:
         self.headers = {k: v for k, v in (headers or {}).items() if k.lower() != "range"}
         self.max_bytes = max_bytes
         self.range_chunk = range_chunk
+        self.retries = retries
         self.timeout = timeout
         self.block_size = block_size
         #: Where the last response came from (after redirects).
@@ -730,19 +746,38 @@ class MediaDownload:
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            position = 0
+            position, retries = 0, self.retries
             while not self._closed.is_set():
                 response = self._get(position)
                 if position and response.status_code != 206:
                     raise DownloadFailed(
                         "The media server stopped honouring byte ranges.", "interrupted"
                     )
-                yield from self._body(response)
+                resumable = response.status_code == 206 or (
+                    response.headers.get("Accept-Ranges", "").lower() == "bytes"
+                )
+                try:
+                    yield from self._body(response)
+                except DownloadFailed as err:
+                    # A dropped transfer resumes where it broke, as ffmpeg's reconnect would.
+                    if err.code != "interrupted" or retries <= 0 or not resumable:
+                        raise
+                    retries -= 1
+                    position = self.bytes_read
+                    continue
                 position = self.bytes_read
                 if response.status_code != 206 or self.size is None or position >= self.size:
                     return
         finally:
             self.close()
+
+    def start_feeding(self, sink: IO[bytes]) -> threading.Thread:
+        """Run :meth:`copy_to` into ``sink`` in a daemon thread (started) and return it."""
+        thread = threading.Thread(
+            target=self.copy_to, args=(sink,), name="media-download", daemon=True
+        )
+        thread.start()
+        return thread
 
     def copy_to(self, sink: IO[bytes]) -> None:
         """Write every chunk to ``sink`` (ffmpeg's stdin), then close it; never raises.
@@ -776,6 +811,8 @@ class MediaDownload:
         headers = dict(self.headers)
         if self.range_chunk:
             headers["Range"] = f"bytes={position}-{position + self.range_chunk - 1}"
+        elif position:
+            headers["Range"] = f"bytes={position}-"
         url = self.url
         for _ in range(self.policy.max_redirects + 1):
             _split(url, self.policy)  # scheme and syntax; the address is checked on connect
@@ -856,3 +893,31 @@ def _reason(err: BaseException) -> str:
             break
         err = inner
     return str(err)[:200] or type(err).__name__
+
+
+def ffmpeg_input(
+    url: str,
+    headers: dict[str, str] | None,
+    policy: GuardPolicy,
+    *,
+    resolver: Resolver = socket.getaddrinfo,
+    max_bytes: int | None = None,
+    range_chunk: int | None = None,
+    timeout: float = 30.0,
+) -> tuple[str, dict[str, str], MediaDownload]:
+    """ffmpeg's input name and options for a guarded media URL, and the download to feed it.
+
+    Start ffmpeg with ``stdin=subprocess.PIPE`` on ``ffmpeg.input(name, **options)``, then
+    ``download.start_feeding(proc.stdin)``; close the download when done and check
+    ``download.error`` after ffmpeg ends (ffmpeg only sees the input stop early).
+    """
+    download = MediaDownload(
+        url,
+        headers,
+        policy=policy,
+        resolver=resolver,
+        max_bytes=max_bytes,
+        range_chunk=range_chunk,
+        timeout=timeout,
+    )
+    return "pipe:0", dict(FFMPEG_PIPE_INPUT), download
