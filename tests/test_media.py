@@ -244,8 +244,9 @@ def test_big_file_id_hashes_size_and_ends(tmp_path):
 def test_refusals_without_yt_dlp(tmp_path):
     with pytest.raises(SourceNotFound, match="No such file or link"):
         resolve(tmp_path / "nope.mp3")
-    with pytest.raises(SourceNotFound):
-        resolve("   ")
+    for text in ("   ", "x" * 5000, "a\x00b", "ask not what your country can do"):
+        with pytest.raises(SourceNotFound):
+            resolve(text)
     with pytest.raises(UnsupportedSource, match="folder"):
         resolve(tmp_path)
     with pytest.raises(UnsupportedSource, match="Not a link"):

@@ -205,7 +205,7 @@ def resolve(source: str | os.PathLike, *, allow_local: bool = True, **ydl_option
         raise SourceNotFound("No source given: paste a link or choose a file.")
     if not _URL_SCHEME.match(text):
         path = Path(text).expanduser()
-        if allow_local and path.exists():
+        if allow_local and _exists(path):
             return _resolve_file(path)
         if _BARE_HOST.match(text):
             text = "https://" + text  # "youtu.be/ID", "example.com/a.mp3": a link typed bare
@@ -217,6 +217,13 @@ def resolve(source: str | os.PathLike, *, allow_local: bool = True, **ydl_option
         # Never let yt-dlp or ffmpeg read local files behind a URL; paths go the explicit way.
         raise UnsupportedSource("file: URLs are not accepted; give the path itself.", detail=text)
     return _resolve_url(text, ydl_options)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a pasted paragraph: name too long, NUL byte...
+        return False
 
 
 def _resolve_file(path: Path) -> Source:
@@ -312,7 +319,7 @@ def _resolve_url(url: str, ydl_options: dict) -> Source:
             media, headers = _media_of(info)
             cookie = ydl.cookiejar.get_cookie_header(media)
     except yt_dlp.utils.DownloadError as err:
-        raise _ytdlp_error(err, url) from None
+        raise _ytdlp_error(err, url) from err
     if cookie:
         headers["Cookie"] = cookie
     live = info.get("live_status")
