@@ -54,6 +54,8 @@ import modal
 
 from app.modal_mapper import ModalMapper, decode_job, encode_result
 from app.settings import ENV_PREFIX, Settings, _Env
+from app.store import Store
+from transcriber.fanout import Mapper
 
 APP_NAME = "streamscribe"
 #: Where the GPU containers cache Whisper weights (faster-whisper's / openai-whisper's
@@ -68,6 +70,8 @@ DATA_VOLUME = "streamscribe-data"
 JOBS_DICT = "streamscribe-jobs"
 #: The key, inside the cookies Secret, that holds the cookies.txt text.
 COOKIES_KEY = "STREAMSCRIBE_YOUTUBE_COOKIES"
+#: Where the web container writes them for yt-dlp (container-local, never on a Volume).
+COOKIES_DIR = Path("/tmp/streamscribe")
 #: A GPU deployment's default model: large-v3 quality at a fraction of its decoder cost.
 MODAL_DEFAULT_MODEL = "large-v3-turbo"
 #: The Python the images run; the same minor version as the local venv.
@@ -267,10 +271,12 @@ def _cookies_file(environ: Mapping[str, str], directory: Path) -> str | None:
     return str(path)
 
 
-def web_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+def web_settings(
+    environ: Mapping[str, str] = os.environ, cookies_dir: Path = COOKIES_DIR
+) -> Settings:
     """The web container's Settings: its environment, plus cookies from the Secret if any."""
     settings = Settings.from_env(environ)
-    cookies = _cookies_file(environ, Path("/tmp/streamscribe"))
+    cookies = _cookies_file(environ, cookies_dir)
     if cookies is not None:
         settings = dataclasses.replace(settings, cookies_file=cookies)
     return settings
@@ -279,8 +285,11 @@ def web_settings(environ: Mapping[str, str] = os.environ) -> Settings:
 def build_web_app(
     settings: Settings | None = None,
     environ: Mapping[str, str] = os.environ,
+    *,
+    mapper: Mapper | None = None,
+    store: Store | None = None,
 ):
-    """The FastAPI app the ``web`` function serves.
+    """The FastAPI app the ``web`` function serves; ``mapper``/``store`` override the choice.
 
     ``STREAMSCRIBE_MODAL_WORKERS``: ``gpu`` (default) fans segments out to ``Transcriber``;
     ``inline`` transcribes in this container (CPU, faster-whisper). ``STREAMSCRIBE_MODAL_STORE``:
@@ -291,22 +300,23 @@ def build_web_app(
 
     settings = settings or web_settings(environ)
     env = _Env(environ)
-    workers = env.choice("MODAL_WORKERS", "gpu", ("gpu", "inline"))
-    store_kind = env.choice("MODAL_STORE", "dict", ("dict", "sqlite"))
-    if workers == "gpu":
-        mapper = ModalMapper(Transcriber, max_in_flight=4 * config.max_gpus)
-    else:
-        from transcriber.fanout import InlineMapper
+    if mapper is None:
+        if env.choice("MODAL_WORKERS", "gpu", ("gpu", "inline")) == "gpu":
+            # Enough segments queued to keep every GPU busy while results flow back.
+            mapper = ModalMapper(Transcriber, max_in_flight=4 * config.max_gpus)
+        else:
+            from transcriber.fanout import InlineMapper
 
-        mapper = InlineMapper()
-    if store_kind == "dict":
-        from app.modal_store import ModalDictStore
+            mapper = InlineMapper()
+    if store is None:
+        if env.choice("MODAL_STORE", "dict", ("dict", "sqlite")) == "dict":
+            from app.modal_store import ModalDictStore
 
-        store = ModalDictStore(modal.Dict.from_name(JOBS_DICT, create_if_missing=True))
-    else:
-        from app.store import SQLiteStore
+            store = ModalDictStore(modal.Dict.from_name(JOBS_DICT, create_if_missing=True))
+        else:
+            from app.store import SQLiteStore
 
-        store = SQLiteStore(settings.db_path)
+            store = SQLiteStore(settings.db_path)
     return create_app(settings, mapper, store)
 
 
@@ -325,6 +335,8 @@ _web_settings = config.settings()
     # so Modal never kills the container under a running job. (The proxy still cuts each HTTP
     # request at 150 s; clients resume with Last-Event-ID, see the module docstring.)
     timeout=int(_web_settings.max_job_wall_s or 23 * 3600) + 600,
+    # ...but starting the container (no model to load here) takes seconds, not hours.
+    startup_timeout=300,
     # ONE web container: the job manager (running jobs, their listeners, grace timers) lives in
     # its event loop, and a reconnect must reach the container that runs the job. Concurrency
     # comes from asyncio inside it (@modal.concurrent), not from more containers.

@@ -164,6 +164,12 @@ class ModalMapper:
     queue a whole 2-hour file in memory ahead of the GPUs. Closing the returned generator (or
     cancelling its consumer) closes Modal's map: nothing more is sent and nothing more is
     awaited; a segment already running on a GPU finishes there and its result is dropped.
+
+    ``mode="sequential"`` works through :func:`transcriber.fanout.mapper_for_mode`, which wraps
+    this mapper in a ``SequentialMapper`` (one single-segment map per segment, the prompt in
+    each payload's options). A ``sequential()`` method returning a ``remote_gen`` mapper (one
+    GPU generator call streaming the whole job) is where the sequential mode's own Modal path
+    plugs in.
     """
 
     def __init__(self, transcriber_cls: Any, *, max_in_flight: int = 32):
@@ -203,8 +209,8 @@ class ModalMapper:
                 job = await anext(jobs, None)
 
         def settle(index: int) -> None:
-            outstanding.pop(index, None)
-            slots.release()
+            if outstanding.pop(index, None) is not None:
+                slots.release()
 
         def failed_now() -> list[SegmentResult]:
             """Outstanding segments that the exceptions received so far must belong to."""
