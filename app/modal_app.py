@@ -128,18 +128,21 @@ PIPELINE_PACKAGES = [
     "imageio-ffmpeg==0.8.1",
     "fastapi==0.165.0",
     "python-multipart==0.0.34",
+    "requests==2.34.2",
+    "urllib3==2.8.0",
     "faster-whisper==1.2.1",
     "ctranslate2==4.8.5",
     "yt-dlp[default]",
     "deno",
 ]
-# The GPU engines. CTranslate2 4.x (faster-whisper) loads cuBLAS for CUDA 12 and cuDNN 9 at run
-# time; torch 2.8.0 is the newest release whose default Linux wheel is built for CUDA 12
-# (12.8) and pins exactly those pip wheels (nvidia-cublas-cu12 12.8, nvidia-cudnn-cu12 9.10).
-# So one set of CUDA libraries, installed by pip, serves both engines: torch finds its own, and
-# LD_LIBRARY_PATH points CTranslate2 at the same directories (as faster-whisper's README says).
-# A CUDA base image would add a second, 3 GB copy of the same libraries; the local torch 2.13.0
-# is a CPU build and newer CUDA wheels move to CUDA 13, which CTranslate2 4.8 cannot load.
+# The GPU engines. CTranslate2 4.8 (faster-whisper) dlopens cuBLAS for CUDA 12
+# (``libcublas.so.12``, named in its Linux wheel); older 4.x releases also want cuDNN 9. torch
+# 2.8.0 is the newest release whose default Linux wheel is built for CUDA 12 (12.8), and it pins
+# exactly those pip wheels (nvidia-cublas-cu12 12.8, nvidia-cudnn-cu12 9.10). So one set of CUDA
+# libraries, installed by pip, serves both engines: torch finds its own, and LD_LIBRARY_PATH
+# points CTranslate2 at the same directories (as faster-whisper's README says). A CUDA base
+# image would add a second, multi-GB copy of the same libraries; the local torch 2.13.0 is a
+# CPU build, and the newer CUDA wheels move to CUDA 13, which CTranslate2 4.8 cannot load.
 GPU_PACKAGES = [
     "torch==2.8.0",
     "openai-whisper==20250625",
