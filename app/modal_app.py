@@ -32,8 +32,9 @@ Run-time switches of the web container (set them with the others before deployin
 (a CPU-only deployment for small models), ``STREAMSCRIBE_MODAL_STORE=sqlite`` keeps jobs in a
 SQLite file under ``STREAMSCRIBE_DATA_DIR`` instead of the Dict.
 
-Long jobs and Modal's 150 s request limit: a web request that has not finished after 150 s is
-cut by Modal's proxy. Jobs do not depend on the request that started them: ``POST /jobs`` starts
+Long jobs and Modal's 150 s request limit: Modal's web proxy gives a request 150 s (past that
+it answers 303 with a result URL), so a long stream must not rely on one connection. Jobs do
+not depend on the request that started them: ``POST /jobs`` starts
 one and returns its id, and ``GET /jobs/{id}/events`` streams its events as SSE; when the
 connection is cut, a client reconnects with ``Last-Event-ID`` (a browser's ``EventSource`` does
 so by itself, ``curl`` in a loop with the header) and gets exactly the events it missed, then the
@@ -335,8 +336,8 @@ _web_settings = config.settings()
     cpu=2.0,
     memory=2048,
     # A request may stream a whole job (POST /transcribe): let it live as long as a job may,
-    # so Modal never kills the container under a running job. (The proxy still cuts each HTTP
-    # request at 150 s; clients resume with Last-Event-ID, see the module docstring.)
+    # so Modal never kills the container under a running job. (The proxy still limits each HTTP
+    # request to 150 s; clients resume with Last-Event-ID, see the module docstring.)
     timeout=int(_web_settings.max_job_wall_s or 23 * 3600) + 600,
     # ...but starting the container (no model to load here) takes seconds, not hours.
     startup_timeout=300,
