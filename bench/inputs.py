@@ -98,7 +98,7 @@ def _pause_seconds(rng: np.random.Generator) -> float:
 
 
 def _cache_key(minutes: float, seed: int, clips: list[Clip]) -> str:
-    h = hashlib.sha256(f"v{GENERATOR_VERSION}:{minutes}:{seed}:{NOISE_FLOOR}".encode())
+    h = hashlib.sha256(f"v{GENERATOR_VERSION}:{float(minutes)!r}:{seed}:{NOISE_FLOOR}".encode())
     for clip in clips:
         h.update(clip.name.encode())
         h.update(clip.path.read_bytes())
