@@ -202,5 +202,7 @@ def check_url(url: str, settings: Settings) -> str:
         raise ForbiddenURL("Links to private or local network addresses are not allowed.")
     if "*" in settings.allowed_hosts or host in settings.allowed_hosts:
         return url
+    if set(settings.allowed_hosts) == set(YOUTUBE_HOSTS):
+        raise ForbiddenURL(f"Links to {host} are not allowed here: this server transcribes YouTube links.")
     allowed = ", ".join(settings.allowed_hosts) or "none"
     raise ForbiddenURL(f"Links to {host} are not allowed here (allowed hosts: {allowed}).")

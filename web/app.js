@@ -169,6 +169,7 @@ function follow(id, eventsUrl) {
   els.segments.replaceChildren();
   els.live.textContent = "";
   showError(els.jobError, "");
+  els.jobError.classList.remove("note");
   els.job.hidden = false;
   els.title.textContent = "Starting…";
   els.duration.textContent = "";
@@ -265,8 +266,14 @@ function onDone(done) {
 }
 
 function onFatal(err) {
-  finish(err.code === "cancelled" ? "cancelled" : "failed", "bad");
+  const cancelled = err.code === "cancelled";
+  finish(cancelled ? "cancelled" : "failed", "bad");
   showError(els.jobError, err.message || "The transcription failed.");
+  els.jobError.classList.toggle("note", cancelled);
+  const kept = [...job.segments.values()].filter((s) => !s.failed).length;
+  els.progressText.textContent = kept
+    ? `Stopped. The ${kept} part(s) already transcribed are kept below.`
+    : "Stopped before any part was transcribed.";
   render();
 }
 

