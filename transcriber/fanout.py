@@ -183,6 +183,9 @@ class InlineMapper:
 
 # -- the local process pool --------------------------------------------------------------------
 
+#: What a worker sends once it reached its job loop (so a start-up failure is told apart).
+_READY = "ready"
+
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -233,6 +236,10 @@ def _worker_main(
             get_engine(_with_threads(preload, threads))
         except Exception:  # the first job reports it as a segment error, with retries
             log.warning("preloading %s failed", preload, exc_info=True)
+    try:
+        conn.send(_READY)
+    except OSError:
+        return
     while True:
         try:
             job = conn.recv()
@@ -260,6 +267,8 @@ class _Worker:
     def __init__(self, process: Any, conn: Connection) -> None:
         self.process, self.conn = process, conn
         self.pid: int = process.pid
+        #: Whether the process got as far as its job loop (else it failed to start).
+        self.ready = False
 
     def stop(self, grace: float = 2.0) -> None:
         """Ask nicely, then terminate, then kill; always reaps the process."""
@@ -520,13 +529,16 @@ class LocalPoolMapper:
                 message = "the segment was cancelled"
                 return SegmentResult(job.index, job.start, job.end, error=message), None
             deaths += 1
-            cause = _exit_cause(worker.process.exitcode)
+            worker.process.join(1.0)  # the sentinel fires a moment before the exit status exists
+            cause, started = _exit_cause(worker.process.exitcode), worker.ready
             worker.stop()
             worker = None
             if deaths >= self.max_attempts:
                 message = (
                     f"the worker transcribing this segment died ({cause}) "
                     f"{deaths} time{'s' if deaths > 1 else ''}; giving up on it"
+                    if started
+                    else f"a worker process could not start ({cause}); see the server log"
                 )
                 return SegmentResult(job.index, job.start, job.end, error=message, attempts=deaths), None
             log.warning("worker died (%s) on segment %d; retrying it", cause, job.index)
@@ -538,9 +550,13 @@ class LocalPoolMapper:
             ready = wait_ready([worker.conn, worker.process.sentinel], timeout=0.2)
             if worker.conn in ready:
                 try:
-                    return worker.conn.recv()
+                    reply = worker.conn.recv()
                 except (EOFError, OSError):
                     return _DIED
+                if isinstance(reply, str) and reply == _READY:
+                    worker.ready = True
+                    continue
+                return reply
             if ready:
                 return _DIED
             if self._closing.is_set() or (task.abandoned and self.kill_abandoned):

@@ -1,18 +1,43 @@
 """Glue: source -> decode -> segment -> mapper -> events.
 
-INTERFACE SKELETON — filled in by the engine/pipeline work (issue 3).
+:func:`transcribe_stream` is the one entry point every transport iterates. Its moving parts:
+
+- the source is resolved in a worker thread (yt-dlp blocks on the network);
+- ffmpeg decoding and the segmenter run in one dedicated thread that hands finished segments
+  to the event loop through a bounded buffer (when the workers fall behind, decoding pauses
+  instead of filling memory);
+- segments become :class:`~transcriber.fanout.SegmentJob` s for ``mapper.map`` *while decoding
+  continues*, so the first text arrives long before the end of a long source;
+- results come back in completion order; each becomes a ``segment`` (or ``segment_error``)
+  event followed by a ``progress`` event that carries the in-order committed prefix and an ETA.
+
+Closing the generator (a client that went away) or cancelling its task stops everything within
+about a second: the decode thread is told to stop and closes ffmpeg, the map is closed (its
+queued jobs are dropped) and nothing of this job keeps running but a segment already inside an
+engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+
+from transcriber import SAMPLE_RATE, media
 from transcriber.engine import EngineConfig, TranscribeOptions
-from transcriber.events import Event
-from transcriber.fanout import Mapper
-from transcriber.media import Source
-from transcriber.segment import SegmentOptions
+from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, SegmentFailed
+from transcriber.fanout import MODES, Mapper, SegmentJob, SegmentResult, mapper_for_mode
+from transcriber.media import MediaError, Source
+from transcriber.segment import Segment, SegmentOptions, segment_stream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,15 +45,340 @@ class PipelineOptions:
     engine: EngineConfig = field(default_factory=EngineConfig)
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
-    #: ``parallel`` (fan out) | ``sequential`` (one worker, previous text as prompt).
+    #: ``parallel`` (fan out) | ``sequential`` (one worker, previous text as prompt). The
+    #: mapper given to :func:`transcribe_stream` is always a parallel one; sequential mode is
+    #: derived from it with :func:`~transcriber.fanout.mapper_for_mode`.
     mode: str = "parallel"
     #: Reject media longer than this (seconds), from metadata and while decoding; None = no limit.
     max_duration: float | None = None
+    #: Keyword arguments for :func:`transcriber.media.resolve` (yt-dlp options: cookies,
+    #: ``allowed_extractors``...). Ignored when the source is already a :class:`Source`.
+    resolve_options: dict[str, Any] = field(default_factory=dict)
+    #: Segments decoded ahead of the workers before decoding pauses (memory bound: at most
+    #: this many × ``segment.max_seconds`` of 16 kHz float32 audio; 32 × 30 s ≈ 61 MB).
+    buffer_segments: int = 32
+    #: Size of ffmpeg reads, seconds; the decode thread notices a stop between two reads.
+    chunk_seconds: float = 0.5
+
+
+# -- the decode thread -----------------------------------------------------------------------
+
+
+class _DecodeFeed:
+    """ffmpeg + segmenter in a dedicated thread, handing segments to the event loop.
+
+    A semaphore bounds the segments buffered between the thread and the loop; the thread waits
+    on it in short steps so a stop request is noticed even while it is blocked on a full buffer.
+    """
+
+    def __init__(self, source: Source, options: PipelineOptions) -> None:
+        self.source, self.options = source, options
+        self.loop = asyncio.get_running_loop()
+        self.items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.slots = threading.Semaphore(max(1, options.buffer_segments))
+        self.stop = threading.Event()
+        #: Set the moment ffmpeg's output is exhausted (or decoding failed).
+        self.finished = threading.Event()
+        #: Samples decoded and segments cut so far (written by the thread only).
+        self.samples = 0
+        self.cut = 0
+        self.thread = threading.Thread(target=self._run, name="streamscribe-decode", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    async def get(self) -> tuple[str, Any]:
+        item = await self.items.get()
+        self.slots.release()
+        return item
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Stop decoding and wait (off the loop) for the thread, which closes ffmpeg."""
+        self.stop.set()
+        await asyncio.to_thread(self.thread.join, timeout)
+
+    def _put(self, kind: str, payload: Any = None) -> bool:
+        while not self.stop.is_set():
+            if self.slots.acquire(timeout=0.1):
+                try:
+                    self.loop.call_soon_threadsafe(self.items.put_nowait, (kind, payload))
+                except RuntimeError:  # the loop is gone: nobody is listening any more
+                    return False
+                return True
+        return False
+
+    def _counted(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            if self.stop.is_set():
+                return
+            self.samples += len(chunk)
+            yield chunk
+
+    def _run(self) -> None:
+        chunks = None
+        try:
+            chunks = media.decode(
+                self.source,
+                chunk_seconds=self.options.chunk_seconds,
+                max_seconds=self.options.max_duration,  # raises TooLong past it
+            )
+            for segment in segment_stream(self._counted(chunks), self.options.segment):
+                self.cut += 1
+                if self.stop.is_set() or not self._put("segment", segment):
+                    return
+            self.finished.set()
+            self._put("end")
+        except BaseException as exc:  # handed to the loop, which turns it into an event
+            self.finished.set()
+            self._put("error", exc)
+        finally:
+            self.finished.set()
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # kills ffmpeg when it is still running
+
+
+# -- the bookkeeping of one run --------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    started: float
+    duration: float | None
+    finished: set[int] = field(default_factory=set)
+    failed: list[int] = field(default_factory=list)
+    committed: int = 0
+    audio_done: float = 0.0
+    #: Audio transcribed in this run (not resumed), and when the first job went out.
+    fresh_audio: float = 0.0
+    first_dispatch: float | None = None
+    first_segment: float | None = None
+    first_any_segment: float | None = None
+
+    def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
+        self.finished.add(event.index)
+        self.audio_done += event.end - event.start
+        if fresh:
+            self.fresh_audio += event.end - event.start
+        while self.committed in self.finished:
+            self.committed += 1
+
+    def eta(self, now: float, total: float | None) -> float | None:
+        if total is None or self.first_dispatch is None or self.fresh_audio <= 0:
+            return None
+        rate = self.fresh_audio / max(now - self.first_dispatch, 1e-6)
+        return max(0.0, total - self.audio_done) / rate
+
+    def progress(self, feed: _DecodeFeed) -> Progress:
+        # Read the flag first: once it is set, the thread's counters are final.
+        decoded = feed.finished.is_set()
+        total = feed.samples / SAMPLE_RATE if decoded else self.duration
+        return Progress(
+            segments_done=len(self.finished),
+            segments_total=feed.cut,
+            audio_done=round(self.audio_done, 3),
+            duration=total,
+            eta=_rounded(self.eta(time.monotonic(), total)),
+            committed=self.committed,
+            decoding_done=decoded,
+        )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _segment_event(result: SegmentResult) -> SegmentDone | SegmentFailed:
+    if result.error:
+        return SegmentFailed(result.index, result.start, result.end, result.error)
+    return SegmentDone(
+        index=result.index,
+        start=result.start,
+        end=result.end,
+        text=result.text,
+        pieces=[dataclasses.asdict(p) for p in result.pieces],
+        silent=result.silent,
+    )
+
+
+def _bounded(text: str, limit: int = 800) -> str | None:
+    text = " ".join(text.split())[-limit:]
+    return text or None
+
+
+def _same_cut(done: SegmentDone, segment: Segment) -> bool:
+    """A stored segment is reused only where today's segmentation cut the same span."""
+    return abs(done.start - segment.start) < 1e-3 and abs(done.end - segment.end) < 1e-3
+
+
+# -- the entry point ----------------------------------------------------------------------------
+
+
+async def _resolve(source: str | Source, options: PipelineOptions) -> Source:
+    if isinstance(source, Source):
+        resolved = source
+    else:
+        resolved = await asyncio.to_thread(media.resolve, source, **options.resolve_options)
+    limit = options.max_duration
+    if limit is not None and (resolved.duration or 0) > limit:
+        raise media.TooLong(
+            f"The media is {_clock(resolved.duration)} long, over the {_clock(limit)} limit."
+        )
+    return resolved
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 async def transcribe_stream(
-    source: str | Source, options: PipelineOptions, mapper: Mapper
+    source: str | Source,
+    options: PipelineOptions,
+    mapper: Mapper,
+    *,
+    completed: Mapping[int, SegmentDone] | None = None,
 ) -> AsyncIterator[Event]:
-    """Meta, then SegmentDone/SegmentFailed/Progress as they happen, then Done (or Failed)."""
-    raise NotImplementedError
-    yield  # pragma: no cover
+    """Meta, then SegmentDone/SegmentFailed/Progress as they happen, then Done (or Failed).
+
+    ``mapper`` is the parallel mapper (a server shares one across requests); ``options.mode``
+    picks how it is used. ``completed`` holds segments a previous run of the same source and
+    options already finished (a store's): they are sent again as they are cut, without being
+    transcribed again. A fatal problem (media that cannot be read, a source too long, a
+    mapper that broke) ends the stream with ``Failed``; every segment sent before it stays valid.
+    """
+    started = time.monotonic()
+    if options.mode not in MODES:
+        yield Failed(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}", "bad_option")
+        return
+    try:
+        src = await _resolve(source, options)
+    except MediaError as err:
+        yield Failed(str(err), err.code)
+        return
+    except Exception as err:  # a bug or an unmapped library error: still one clear event
+        log.exception("resolving %r failed", source)
+        yield Failed(f"could not open this source ({type(err).__name__}: {err})", "error")
+        return
+
+    yield Meta(
+        source_id=src.id,
+        title=src.title,
+        duration=src.duration,
+        engine=options.engine.engine,
+        model=options.engine.model,
+        url=src.url,
+        webpage_url=src.webpage_url,
+        is_youtube=src.is_youtube,
+        language=options.transcribe.language,
+        task=options.transcribe.task,
+        mode=options.mode,
+    )
+
+    completed = completed or {}
+    tally = _Tally(started=started, duration=src.duration)
+    outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    feed = _DecodeFeed(src, options)
+
+    async def jobs() -> AsyncIterator[SegmentJob]:
+        seed: str | None = None  # sequential mode: the text before the first missing segment
+        while True:
+            kind, item = await feed.get()
+            if kind == "end":
+                outbox.put_nowait(("decoded", None))
+                return
+            if kind == "error":
+                outbox.put_nowait(("fatal", item))
+                return
+            segment: Segment = item
+            stored = completed.get(segment.index)
+            if stored is not None and _same_cut(stored, segment):
+                seed = _bounded(f"{seed or ''} {stored.text}")
+                outbox.put_nowait(("stored", stored))
+                continue
+            if segment.silent:  # nothing for an engine to do: no need to ship the audio
+                empty = SegmentResult(
+                    segment.index, float(segment.start), float(segment.end), silent=True
+                )
+                outbox.put_nowait(("result", empty))
+                continue
+            transcribe = options.transcribe
+            if options.mode == "sequential" and seed and not transcribe.initial_prompt:
+                transcribe = dataclasses.replace(transcribe, initial_prompt=seed)
+            seed = None
+            if tally.first_dispatch is None:
+                tally.first_dispatch = time.monotonic()
+            yield SegmentJob(
+                index=segment.index,
+                start=float(segment.start),  # plain floats: events go to JSON as they are
+                end=float(segment.end),
+                audio=segment.samples,
+                engine=options.engine,
+                options=transcribe,
+            )
+
+    async def pump() -> None:
+        results = mapper_for_mode(mapper, options.mode).map(jobs())
+        try:
+            async for result in results:
+                outbox.put_nowait(("result", result))
+        except Exception as err:  # the mapper itself broke (not one segment)
+            log.exception("the mapper failed")
+            outbox.put_nowait(("crash", err))
+        finally:
+            await results.aclose()
+        outbox.put_nowait(("mapped", None))
+
+    feed.start()
+    pump_task = asyncio.create_task(pump())
+    fatal: BaseException | None = None
+    try:
+        while True:
+            kind, item = await outbox.get()
+            if kind in ("result", "stored"):
+                event = item if kind == "stored" else _segment_event(item)
+                now = time.monotonic()
+                if isinstance(event, SegmentDone):
+                    tally.first_any_segment = tally.first_any_segment or now
+                    if event.text and tally.first_segment is None:
+                        tally.first_segment = now
+                else:
+                    tally.failed.append(event.index)
+                tally.finish(event, fresh=kind == "result")
+                yield event
+                yield tally.progress(feed)
+            elif kind == "decoded":
+                yield tally.progress(feed)
+            elif kind == "fatal":
+                fatal = item  # segments already cut still finish; then the stream fails
+            elif kind == "crash":
+                fatal = item
+                break
+            elif kind == "mapped":
+                break
+        if fatal is not None:
+            yield _failure(fatal)
+            return
+        wall = time.monotonic() - started
+        audio = feed.samples / SAMPLE_RATE
+        first = tally.first_segment or tally.first_any_segment
+        yield Done(
+            wall_s=round(wall, 3),
+            first_segment_s=None if first is None else round(first - started, 3),
+            audio_s=round(audio, 3),
+            rtf=round(wall / audio, 4) if audio > 0 else None,
+            segments=feed.cut,
+            failed_segments=sorted(tally.failed),
+        )
+    finally:
+        pump_task.cancel()
+        await asyncio.gather(pump_task, return_exceptions=True)
+        await feed.close()
+
+
+def _failure(err: BaseException) -> Failed:
+    if isinstance(err, MediaError):
+        return Failed(str(err), err.code)
+    log.error("transcription failed", exc_info=err)
+    return Failed(f"transcription failed ({type(err).__name__}: {err})", "error")

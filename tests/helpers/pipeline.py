@@ -57,6 +57,13 @@ def write_wav(path: Path, samples: np.ndarray) -> Path:
     return path
 
 
+def read_wav(path: Path) -> np.ndarray:
+    """A 16 kHz mono 16-bit wav as float32 samples."""
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (SAMPLE_RATE, 1, 2)
+        return np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float32) / 32768
+
+
 def speech_mix(
     path: Path, clips: Sequence[str] = MIX_CLIPS, pause: float = 1.5, repeat: int = 1
 ) -> tuple[Path, str]:
