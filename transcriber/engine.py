@@ -393,9 +393,10 @@ class FasterWhisperEngine:
         """Several segments (each at most 30 s) decoded as one GPU batch.
 
         Uses ``faster_whisper.BatchedInferencePipeline``: the segments are laid end to end and
-        given as ``clip_timestamps``, so each becomes one batch element. It is faster on a GPU
-        but has no temperature fallback (one decode per segment) and no ``initial_prompt``
-        context between elements; on CPU, :meth:`transcribe` per segment is as fast.
+        given as ``clip_timestamps``, so each becomes one batch element, with one piece per
+        segment (no timestamp tokens). It is faster on a GPU but has no temperature fallback
+        (one decode per segment) and every element gets the same ``initial_prompt``; on CPU,
+        :meth:`transcribe` per segment is as fast. Digital silence is skipped as in transcribe.
         """
         from faster_whisper import BatchedInferencePipeline
 
@@ -411,15 +412,13 @@ class FasterWhisperEngine:
             offsets.append(position)
             clips.append({"start": position / SAMPLE_RATE, "end": (position + len(audios[i])) / SAMPLE_RATE})
             position += len(audios[i])
-        kwargs = self._kwargs(options, max(len(audios[i]) for i in live) / SAMPLE_RATE)
-        for unused in ("condition_on_previous_text", "vad_filter", "best_of"):
-            kwargs.pop(unused)
-        kwargs["temperature"] = options.temperatures[0]
+        # The batched pipeline decodes once, at the first temperature, and ignores the VAD flag
+        # when given clips; the other options mean what they mean for transcribe().
         segments, _info = self._batched.transcribe(
             np.concatenate([audios[i] for i in live]),
             clip_timestamps=clips,
             batch_size=batch_size,
-            **kwargs,
+            **self._kwargs(options, max(len(audios[i]) for i in live) / SAMPLE_RATE),
         )
         starts = np.array(offsets) / SAMPLE_RATE
         grouped: dict[int, list[Piece]] = {i: [] for i in live}
@@ -535,7 +534,8 @@ def _load_error(config: EngineConfig, err: Exception) -> EngineError:
     if _looks_like_path(config.model):
         return EngineError(f"could not load {config.engine} model {config.model}: {text}")
     return ModelNotFound(
-        f"could not load {config.engine} model {config.model!r} (not cached and not downloadable here?): {text}"
+        f"could not load {config.engine} model {config.model!r}: it is not in the local cache "
+        f"and downloading it failed ({text})"
     )
 
 
