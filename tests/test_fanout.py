@@ -12,8 +12,15 @@ import time
 import pytest
 
 from tests.helpers.models import clip_wer
-from tests.helpers.pipeline import FAST, Recording, aiter_of, child_processes, job
-from transcriber.engine import EngineConfig
+from tests.helpers.pipeline import (
+    BAD_MODEL,
+    FAST,
+    Recording,
+    aiter_of,
+    child_processes,
+    job,
+    tiny_pool,
+)
 from transcriber.fanout import (
     InlineMapper,
     LocalPoolMapper,
@@ -24,14 +31,7 @@ from transcriber.fanout import (
     run_job_retrying,
 )
 
-BAD_MODEL = EngineConfig(model="/nonexistent/whisper-model")
-
-
-@pytest.fixture(scope="module")
-def pool():
-    mapper = LocalPoolMapper(workers=2, threads=1, preload=EngineConfig()).start()
-    yield mapper
-    mapper.close()
+pool = pytest.fixture(tiny_pool, scope="module", name="pool")
 
 
 def collect(mapper, jobs) -> list:

@@ -15,6 +15,7 @@ import pytest
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import ct2_tiny_en, openai_tiny_en, speech, wer
 from tests.helpers.pipeline import (
+    BAD_MODEL,
     FAST,
     MIX_CLIPS,
     HeldBack,
@@ -22,6 +23,7 @@ from tests.helpers.pipeline import (
     child_processes,
     read_wav,
     speech_mix,
+    tiny_pool,
 )
 from transcriber import SAMPLE_RATE, formats
 from transcriber.engine import EngineConfig
@@ -36,14 +38,7 @@ from transcriber.segment import SegmentOptions
 WER_MARGIN = 0.05
 #: Short segments so that a one-minute input has enough of them to reorder and cancel.
 SHORT = SegmentOptions(max_seconds=10.0, min_seconds=3.0)
-BAD_MODEL = EngineConfig(model="/nonexistent/whisper-model")
-
-
-@pytest.fixture(scope="module")
-def pool():
-    mapper = LocalPoolMapper(workers=2, threads=1, preload=EngineConfig()).start()
-    yield mapper
-    mapper.close()
+pool = pytest.fixture(tiny_pool, scope="module", name="pool")
 
 
 @pytest.fixture(scope="module")

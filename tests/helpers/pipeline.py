@@ -16,7 +16,7 @@ returns: they stand in for nothing.
 from __future__ import annotations
 
 import wave
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,21 @@ from tests.conftest import reference
 from tests.helpers.models import speech
 from transcriber import SAMPLE_RATE
 from transcriber.engine import EngineConfig, TranscribeOptions
-from transcriber.fanout import Mapper, SegmentJob, SegmentResult
+from transcriber.fanout import LocalPoolMapper, Mapper, SegmentJob, SegmentResult
 
 #: tiny.en, greedy: what every test transcribes with unless it says otherwise.
 FAST = TranscribeOptions(beam_size=1)
+#: A model path that does not exist: the real engine load raises (a real segment failure).
+BAD_MODEL = EngineConfig(model="/nonexistent/whisper-model")
+
+
+def tiny_pool() -> Iterator[LocalPoolMapper]:
+    """Body of a module fixture: two one-thread workers with tiny.en loaded, closed after."""
+    mapper = LocalPoolMapper(workers=2, threads=1, preload=EngineConfig()).start()
+    try:
+        yield mapper
+    finally:
+        mapper.close()
 
 #: About 60 s: the fixture clips in this order, each followed by a pause.
 MIX_CLIPS = (

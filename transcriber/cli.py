@@ -1,0 +1,258 @@
+"""``python -m transcriber SOURCE``: transcribe a link or a file, printing text as it arrives.
+
+Output formats (``--format``, or whisper's ``--output_format``):
+
+- ``text`` (default): each segment's text once every segment before it is done, so the output
+  reads in order while later segments are still being transcribed; a progress bar goes to
+  stderr when stderr is a terminal.
+- ``ndjson``: one JSON event per line, the moment it happens (the HTTP API's vocabulary).
+- ``srt``, ``vtt``, ``json``, ``txt``: the whole document at the end.
+
+``--output FILE`` writes there instead of stdout. A fatal error prints one line on stderr and
+exits 1 (what was transcribed before it is still written); bad arguments exit 2; Ctrl-C 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import TextIO
+
+from transcriber import formats
+from transcriber.engine import ENGINES, EngineConfig, EngineError, TranscribeOptions, resolve_model
+from transcriber.events import (
+    Done,
+    Event,
+    Failed,
+    Meta,
+    Progress,
+    SegmentDone,
+    SegmentFailed,
+    to_dict,
+)
+from transcriber.fanout import MODES, InlineMapper, LocalPoolMapper, Mapper
+from transcriber.pipeline import PipelineOptions, transcribe_stream
+
+OUTPUT_FORMATS = ("text", "txt", "srt", "vtt", "json", "ndjson")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m transcriber",
+        description="Transcribe a link (anything yt-dlp understands) or a local media file "
+        "with Whisper, segments fanned out to local worker processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("source", help="URL or path of the audio/video to transcribe")
+    parser.add_argument("--engine", choices=ENGINES, default="faster-whisper")
+    parser.add_argument("--model", default="tiny.en", help="model name or local path")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--compute_type", default=None, help="CTranslate2 compute type")
+    parser.add_argument("--language", default=None, help="spoken language (default: detect)")
+    parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    parser.add_argument("--beam_size", "--beam-size", type=_positive_int, default=5)
+    parser.add_argument("--word_timestamps", action="store_true", help="word-level times in json")
+    parser.add_argument(
+        "--workers", type=_natural_int, default=None,
+        help="worker processes (0: in this process; default: fill the CPU cores)",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=_positive_int, default=None, help="threads per worker")
+    parser.add_argument(
+        "--mode", choices=MODES, default="parallel",
+        help="sequential: one segment at a time, each prompted with the text before it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", "--output_format", "-f", dest="format", choices=OUTPUT_FORMATS,
+        default="text", help="what to print",
+    )  # fmt: skip
+    parser.add_argument("--output", "-o", default=None, help="write to this file, not stdout")
+    parser.add_argument(
+        "--max_duration", type=float, default=None, help="refuse media longer than this (s)"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _natural_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Bar:
+    """A one-line progress bar redrawn in place on a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.shown = stream, False
+
+    def draw(self, progress: Progress) -> None:
+        total = progress.duration
+        share = min(1.0, progress.audio_done / total) if total else 0.0
+        filled = int(share * 24)
+        eta = "" if progress.eta is None else f"  ETA {_clock(progress.eta)}"
+        of = f"/{total:.0f}" if total else ""
+        self.stream.write(
+            f"\r\x1b[K[{'#' * filled}{'.' * (24 - filled)}] {share:4.0%} "
+            f"{progress.audio_done:.0f}{of} s  {progress.segments_done}/{progress.segments_total}"
+            f" segments{eta}"
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class _Printer:
+    """Turns events into output: streamed text, NDJSON lines, or a document at the end."""
+
+    def __init__(self, fmt: str, out: TextIO, err: TextIO, bar: _Bar | None) -> None:
+        self.fmt, self.out, self.err, self.bar = fmt, out, err, bar
+        self.meta: Meta | None = None
+        self.finished: dict[int, SegmentDone | SegmentFailed] = {}
+        self.printed = 0  # text mode: segments [0, printed) are on the output
+        self.failure: Failed | None = None
+        self.done: Done | None = None
+
+    def _emit(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.clear()
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def handle(self, event: Event) -> None:
+        if self.fmt == "ndjson":
+            self._emit(json.dumps(to_dict(event), ensure_ascii=False))
+        if isinstance(event, Meta):
+            self.meta = event
+        elif isinstance(event, SegmentDone | SegmentFailed):
+            self.finished[event.index] = event
+            if isinstance(event, SegmentFailed):
+                self._warn(f"segment {event.index} ({event.start:.1f}-{event.end:.1f} s) "
+                           f"failed: {_one_line(event.message)}")
+        elif isinstance(event, Progress):
+            if self.fmt == "text":
+                self._print_committed(event.committed)
+            if self.bar is not None:
+                self.bar.draw(event)
+        elif isinstance(event, Done):
+            self.done = event
+        elif isinstance(event, Failed):
+            self.failure = event
+
+    def _print_committed(self, committed: int) -> None:
+        while self.printed < committed:
+            event = self.finished.get(self.printed)
+            if isinstance(event, SegmentDone) and event.text.strip():
+                self._emit(event.text.strip())
+            self.printed += 1
+
+    def _warn(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.clear()
+        self.err.write(f"warning: {message}\n")
+
+    def segments(self) -> list[SegmentDone]:
+        return [e for e in self.finished.values() if isinstance(e, SegmentDone)]
+
+    def finish(self) -> int:
+        """Write what the format writes at the end; the exit status."""
+        if self.bar is not None:
+            self.bar.clear()
+        if self.fmt == "text":
+            self._print_committed(max(self.finished, default=-1) + 1)
+        elif self.fmt != "ndjson" and (self.done is not None or self.segments()):
+            self.out.write(formats.write(self.fmt, self.segments(), self.meta))
+            self.out.flush()
+        if self.failure is not None:
+            self.err.write(f"error: {_one_line(self.failure.message)}\n")
+            return 1
+        if self.done is None:
+            self.err.write("error: the transcription ended without finishing\n")
+            return 1
+        if self.done.segments and len(self.done.failed_segments) == self.done.segments:
+            self.err.write("error: no segment could be transcribed\n")
+            return 1
+        if self.bar is not None:
+            done = self.done
+            first = "" if done.first_segment_s is None else f", first text after {done.first_segment_s:.1f} s"
+            self.err.write(f"transcribed {done.audio_s:.1f} s of audio in {done.wall_s:.1f} s{first}\n")
+        return 0
+
+
+def _mapper(args: argparse.Namespace, engine: EngineConfig) -> Mapper:
+    if args.workers == 0:
+        return InlineMapper()
+    return LocalPoolMapper(workers=args.workers, threads=args.threads, preload=engine)
+
+
+async def _run(args: argparse.Namespace, printer: _Printer) -> None:
+    engine = EngineConfig(
+        engine=args.engine, model=args.model, device=args.device, compute_type=args.compute_type
+    )
+    # Check the model before any worker starts: a typo is one clear line, not N segment errors.
+    await asyncio.to_thread(resolve_model, engine)
+    options = PipelineOptions(
+        engine=engine,
+        transcribe=TranscribeOptions(
+            language=args.language,
+            task=args.task,
+            beam_size=args.beam_size,
+            word_timestamps=args.word_timestamps,
+        ),
+        mode=args.mode,
+        max_duration=args.max_duration,
+    )
+    mapper = _mapper(args, engine)
+    try:
+        async for event in transcribe_stream(args.source, options, mapper):
+            printer.handle(event)
+    finally:
+        await mapper.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fmt = args.format
+    try:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    except OSError as err:
+        sys.stderr.write(f"error: cannot write {args.output}: {err.strerror}\n")
+        return 1
+    bar = _Bar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    printer = _Printer(fmt, out, sys.stderr, bar)
+    try:
+        try:
+            asyncio.run(_run(args, printer))
+        except EngineError as err:
+            printer.failure = Failed(str(err), err.code)
+        except KeyboardInterrupt:
+            printer.finish()  # keep what was transcribed
+            sys.stderr.write("interrupted\n")
+            return 130
+        return printer.finish()
+    finally:
+        if out is not sys.stdout:
+            out.close()
