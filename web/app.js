@@ -246,7 +246,12 @@ function onProgress(p) {
   if (p.decoding_done && p.segments_total) fraction = p.segments_done / p.segments_total;
   else if (duration) fraction = Math.min(1, p.audio_done / duration);
   else fraction = p.segments_total ? p.segments_done / p.segments_total : 0;
-  const parts = [`${p.segments_done} of ${p.segments_total}${p.decoding_done ? "" : "+"} parts`];
+  job.decodingDone = p.decoding_done;
+  const parts = [
+    p.decoding_done
+      ? `${p.segments_done} of ${p.segments_total} parts`
+      : `${p.segments_done} ${p.segments_done === 1 ? "part" : "parts"} done, more on the way`,
+  ];
   if (duration) parts.push(`${clock(p.audio_done)} of ${clock(duration)}`);
   const eta = aboutSeconds(p.eta);
   if (eta) parts.push(eta);
@@ -320,12 +325,13 @@ function timeLink(seconds) {
 
 function render() {
   const list = els.segments;
-  while (list.children.length < job.total) {
+  const rows = () => list.querySelectorAll("li[data-index]");
+  while (rows().length < job.total) {
     const li = document.createElement("li");
-    li.dataset.index = String(list.children.length);
-    list.append(li);
+    li.dataset.index = String(rows().length);
+    list.insertBefore(li, document.getElementById("tail"));
   }
-  for (const li of list.children) {
+  for (const li of rows()) {
     const index = Number(li.dataset.index);
     const seg = job.segments.get(index);
     const state = seg ? (seg.failed ? "failed" : seg.silent || !seg.text.trim() ? "silent" : "done") : "pending";
@@ -352,7 +358,31 @@ function render() {
     if (state !== "pending") li.removeAttribute("aria-busy");
     li.replaceChildren(time, text);
   }
+  renderTail();
   announce();
+}
+
+/** While audio is still arriving, one row stands for the part not cut into segments yet. */
+function renderTail() {
+  let tail = document.getElementById("tail");
+  const duration = job.meta && job.meta.duration;
+  const cutUpTo = Math.max(0, ...[...job.segments.values()].map((s) => s.end));
+  if (job.finished || job.decodingDone || !duration || cutUpTo >= duration - 0.5) {
+    if (tail) tail.remove();
+    return;
+  }
+  if (!tail) {
+    tail = document.createElement("li");
+    tail.id = "tail";
+    tail.className = "segment pending tail";
+    tail.setAttribute("aria-hidden", "true");
+  }
+  const from = job.total > job.segments.size ? "…" : clock(cutUpTo);
+  tail.replaceChildren(
+    Object.assign(document.createElement("span"), { className: "time", textContent: `${from}–${clock(duration)}` }),
+    Object.assign(document.createElement("span"), { className: "text", textContent: "audio still arriving…" }),
+  );
+  els.segments.append(tail);
 }
 
 /** Read new text aloud once it can be read in order (the committed prefix). */
