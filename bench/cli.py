@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import inputs
 from bench.measure import BenchError, Run, run_child
 from bench.report import evaluate_goals, markdown, word_error_rate
-from bench.systems import BenchConfig, child_env, default_systems, resolve_weights
+from bench.systems import BenchConfig, all_systems, child_env, default_systems, resolve_weights
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--transcriber-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for streamscribe's CLI (repeatable), for tuning runs")
     p.add_argument("--systems", default=",".join(default_systems()),
-                   help="comma-separated systems to run (default: %(default)s)")
+                   help=f"comma-separated, of {', '.join(all_systems())} (default: %(default)s)")
     p.add_argument("--long", action="store_true",
                    help="also streamscribe on 60 min (first segment) and 3 h (peak memory)")
     p.add_argument("--long-minutes", default=None, metavar="TTFS,RSS",
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    systems = default_systems()
+    systems = all_systems()
     chosen = [name.strip() for name in args.systems.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in systems]
     if unknown:

@@ -27,7 +27,7 @@ FIXTURES = ROOT / "tests" / "data"
 WORK = Path(__file__).resolve().parent / "work"
 
 #: Bumped whenever the generator changes, so stale cached inputs are rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: Default long-form length; the issue asks for at least 10 minutes of real speech.
 DEFAULT_MINUTES = 10.0
 DEFAULT_SEED = 20240601
@@ -44,7 +44,7 @@ class Clip:
 
 @dataclass
 class BenchInput:
-    """A wav and its reference transcript."""
+    """A wav and its reference transcript (one utterance per line, when known)."""
 
     wav: Path
     reference: str
@@ -164,10 +164,12 @@ def long_form(
         "distinct_clips": len(clips),
         "duration_s": written / SAMPLE_RATE,
     }
-    ref_path.write_text(" ".join(texts) + "\n")
+    # One clip per line: the WER normaliser reads lines apart, so "five five" at the end of
+    # one clip and "ten of clubs" at the start of the next do not merge into "5510".
+    ref_path.write_text("\n".join(texts) + "\n")
     meta_path.write_text(json.dumps(recipe, indent=2) + "\n")
     tmp.replace(wav_path)  # last: a crash midway leaves no half-written cache hit
-    return BenchInput(wav_path, " ".join(texts), recipe["duration_s"], recipe)
+    return BenchInput(wav_path, "\n".join(texts), recipe["duration_s"], recipe)
 
 
 def from_file(wav: str | os.PathLike, ref: str | os.PathLike) -> BenchInput:

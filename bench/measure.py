@@ -112,7 +112,7 @@ def run_child(
     """Spawn ``command``, read its NDJSON events, sample its memory; return the measurements."""
     log_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = log_dir / f"{name}.stderr.log"
-    stdout_path = log_dir / f"{name}.stdout.ndjson"
+    stdout_path = log_dir / f"{name}.stdout.tsv"
     texts: dict[int, str] = {}
     first: float | None = None
     failed = 0
@@ -131,7 +131,7 @@ def run_child(
             assert proc.stdout is not None
             for line in proc.stdout:
                 now = time.perf_counter() - t0
-                log.write(line)
+                log.write(f"{now:.3f}\t{line}")  # arrival times, for looking at the timeline
                 try:
                     event = json.loads(line)
                 except json.JSONDecodeError:

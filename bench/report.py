@@ -35,10 +35,15 @@ def normalize(text: str) -> str:
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    """jiwer's WER after whisper's English normaliser on both sides."""
+    """jiwer's WER after whisper's English normaliser on both sides.
+
+    Each line of the reference is normalised on its own (number words never join across
+    utterances); the hypothesis, one stream of text, is normalised whole.
+    """
     import jiwer
 
-    ref, hyp = normalize(reference), normalize(hypothesis)
+    ref = " ".join(normalize(line) for line in reference.splitlines())
+    hyp = normalize(hypothesis)
     if not ref.split():
         raise ValueError("the reference transcript is empty after normalisation")
     return float(jiwer.wer(ref, hyp))

@@ -2,8 +2,9 @@
 
 A :class:`System` is a name, a one-line description and a function that builds its command
 line. Every command prints NDJSON ``segment`` lines (see :mod:`bench.measure`). Adding a
-system (e.g. streamscribe's sequential mode) is one more entry in :func:`default_systems`;
-the runner, the report and the JSON pick it up from there.
+system (e.g. streamscribe's sequential mode) is one more entry in :func:`all_systems` (and
+in :data:`DEFAULT_SYSTEMS` to run it by default); the runner, the report and the JSON pick it
+up from there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class BenchConfig:
     beam_size: int = 5
     #: CTranslate2 compute type for both CTranslate2 systems (streamscribe's CPU default).
     compute_type: str = "int8"
+    #: Every system is told the language (tiny.en is English-only; no detection pass).
+    language: str = "en"
     #: Intra-op threads of the whole-file peers (the issue fixes 2).
     peer_threads: int = 2
     #: streamscribe ``--workers``; None = the CLI's default.
@@ -87,18 +90,20 @@ def streamscribe_command(wav: Path, cfg: BenchConfig, weights: Weights) -> list[
     cmd = [
         sys.executable, "-m", "transcriber", str(wav),
         "--format", "ndjson",
+        "--quiet",
         "--engine", cfg.engine,
         "--model", weights.for_engine(cfg.engine),
-        "--beam-size", str(cfg.beam_size),
+        "--language", cfg.language,
+        "--beam_size", str(cfg.beam_size),
     ]
     if cfg.engine == "faster-whisper":
-        cmd += ["--compute-type", cfg.compute_type]
+        cmd += ["--compute_type", cfg.compute_type]
     if cfg.workers is not None:
         cmd += ["--workers", str(cfg.workers)]
     return cmd + list(cfg.transcriber_args)
 
 
-def _whole_file(engine: str) -> CommandBuilder:
+def _whole_file(engine: str, *extra: str) -> CommandBuilder:
     def command(wav: Path, cfg: BenchConfig, weights: Weights) -> list[str]:
         return [
             sys.executable, "-m", "bench.whole_file", str(wav),
@@ -107,13 +112,19 @@ def _whole_file(engine: str) -> CommandBuilder:
             "--beam-size", str(cfg.beam_size),
             "--threads", str(cfg.peer_threads),
             "--compute-type", cfg.compute_type,
+            "--language", cfg.language,
+            *extra,
         ]
 
     return command
 
 
-def default_systems() -> dict[str, System]:
-    """Every system the bench knows, in run order."""
+#: Systems run by default, in this order; the others run when named in ``--systems``.
+DEFAULT_SYSTEMS = ("streamscribe", "faster-whisper", "openai-whisper")
+
+
+def all_systems() -> dict[str, System]:
+    """Every system the bench knows."""
     return {
         s.name: s
         for s in (
@@ -132,8 +143,21 @@ def default_systems() -> dict[str, System]:
                 "openai-whisper transcribe() on the whole file, fp32 CPU, verbose prints timed",
                 _whole_file("openai-whisper"),
             ),
+            # Analysis only: whole-file decoding without the previous window's text as prompt,
+            # which separates what segmenting costs from what carried context gains.
+            System(
+                "faster-whisper-nocond",
+                "as faster-whisper, with condition_on_previous_text=False",
+                _whole_file("faster-whisper", "--no-condition"),
+            ),
         )
     }
+
+
+def default_systems() -> dict[str, System]:
+    """The systems ``python -m bench`` runs without ``--systems``, in run order."""
+    known = all_systems()
+    return {name: known[name] for name in DEFAULT_SYSTEMS}
 
 
 def child_env() -> dict[str, str]:

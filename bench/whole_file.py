@@ -84,7 +84,10 @@ def run_faster_whisper(args: argparse.Namespace, emitter: _Emitter) -> tuple[flo
     )
     audio = read_wav(args.input)
     t1 = time.perf_counter()
-    segments, _info = model.transcribe(audio, language=args.language, beam_size=args.beam_size)
+    segments, _info = model.transcribe(
+        audio, language=args.language, beam_size=args.beam_size,
+        condition_on_previous_text=args.condition,
+    )
     for segment in segments:
         emitter.segment(segment.start, segment.end, segment.text.strip())
     return t1 - t0, time.perf_counter() - t1
@@ -103,7 +106,7 @@ def run_openai_whisper(args: argparse.Namespace, emitter: _Emitter) -> tuple[flo
         # beam_size/best_of/fp16 as `whisper FILE --fp16 False` on CPU uses them.
         model.transcribe(
             audio, language=args.language, beam_size=args.beam_size, best_of=5,
-            fp16=False, verbose=True,
+            fp16=False, verbose=True, condition_on_previous_text=args.condition,
         )
     return t1 - t0, time.perf_counter() - t1
 
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="intra-op CPU threads")
     parser.add_argument("--compute-type", default="int8", help="CTranslate2 compute type")
     parser.add_argument("--language", default="en")
+    parser.add_argument(
+        "--no-condition", dest="condition", action="store_false",
+        help="condition_on_previous_text=False (the libraries default to True)",
+    )
     args = parser.parse_args(argv)
     emitter = _Emitter(sys.stdout)
     load_s, transcribe_s = RUNNERS[args.engine](args, emitter)
