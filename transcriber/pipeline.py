@@ -126,13 +126,13 @@ class _DecodeFeed:
                 self.cut += 1
                 if self.stop.is_set() or not self._put("segment", segment):
                     return
-            self.finished.set()
+            self.finished.set()  # before the item: a reader of the item sees final counters
             self._put("end")
         except BaseException as exc:  # handed to the loop, which turns it into an event
-            self.finished.set()
+            self.finished.set()  # before the item: a reader of the item sees final counters
             self._put("error", exc)
         finally:
-            self.finished.set()
+            self.finished.set()  # also when stopped early: nothing more will be decoded
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()  # kills ffmpeg when it is still running
