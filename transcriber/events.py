@@ -8,7 +8,7 @@ Timestamps are absolute seconds from the start of the source.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Failed:
     code: str = "error"
 
 
-Event = Union[Meta, SegmentDone, Progress, SegmentFailed, Done, Failed]
+Event = Meta | SegmentDone | Progress | SegmentFailed | Done | Failed
 
 EVENT_TYPES: dict[str, type] = {
     cls.type: cls for cls in (Meta, SegmentDone, Progress, SegmentFailed, Done, Failed)
