@@ -21,6 +21,7 @@ Lifetimes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -172,6 +173,9 @@ class _Live:
     listeners: set[asyncio.Queue] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
     finished: bool = False
+    finishing: bool = False
+    #: Set once the final status is stored and listeners were told the job ended.
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
     #: Why the task was cancelled: ``cancelled`` (DELETE), ``abandoned`` (no listener), ``shutdown``.
     stop_reason: str | None = None
     eta: float | None = None
@@ -231,7 +235,7 @@ class JobManager:
         lives = list(self._live.values())
         for live in lives:
             self._stop(live, "shutdown")
-        await asyncio.gather(*(lv.task for lv in lives if lv.task), return_exceptions=True)
+        await asyncio.gather(*(lv.closed.wait() for lv in lives))
 
     # -- the API's calls -----------------------------------------------------------------------
 
@@ -285,7 +289,7 @@ class JobManager:
         live = self._live.get(job_id)
         if live is not None and live.task is not None:
             self._stop(live, "cancelled")
-            await asyncio.gather(live.task, return_exceptions=True)
+            await live.closed.wait()
             record = await self.get(job_id)
         elif record.status == INTERRUPTED:
             await asyncio.to_thread(self.store.update_job, job_id, status="cancelled")
@@ -403,6 +407,7 @@ class JobManager:
         # at once; a job made by POST /jobs has job_grace_s to be followed or looked at).
         self._arm_grace(live, max(live.grace, self.settings.job_grace_s))
         live.task = asyncio.create_task(self._run(live, completed), name=f"job-{record.id}")
+        live.task.add_done_callback(functools.partial(self._task_done, live))
         self.stats.running = self.running()
         return live
 
@@ -429,9 +434,9 @@ class JobManager:
         resumed = live.seq > 0
         skip = {seg.index for seg in completed}
         status, error = "error", None
-        await asyncio.to_thread(self.store.update_job, record.id, status="running")
+        wall = self.settings.max_job_wall_s or None
         try:
-            wall = self.settings.max_job_wall_s or None
+            await asyncio.to_thread(self.store.update_job, record.id, status="running")
             async with asyncio.timeout(wall):
                 stream = transcribe_stream(
                     request.url or request.upload,
@@ -479,12 +484,21 @@ class JobManager:
         finally:
             await self._finish(live, status, error)
 
+    def _task_done(self, live: _Live, task: asyncio.Task) -> None:
+        """Safety net: a task cancelled before its first step never runs its own clean-up."""
+        if not live.finishing:
+            reason = live.stop_reason or "shutdown"
+            status = INTERRUPTED if reason == "shutdown" else "cancelled"
+            asyncio.get_running_loop().create_task(self._finish(live, status, None))
+
     async def _finish(self, live: _Live, status: str, error: str | None) -> None:
+        live.finishing = True
         rec = live.record
         try:
             await asyncio.to_thread(self.store.update_job, rec.id, status=status, error=error)
         finally:
             live.finished = True
+            live.closed.set()
             if live.timer is not None:
                 live.timer.cancel()
             live.publish(None)
