@@ -59,6 +59,7 @@ def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> 
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         "wer": None,
         "speed_x": None,
+        "cpu_s": round(run.cpu_s, 2),
         "segments": run.segments,
         "failed_segments": run.failed_segments,
         "stopped_early": run.stopped_early,

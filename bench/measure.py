@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -40,6 +41,9 @@ class Run:
     text: str
     segments: int
     failed_segments: int = 0
+    #: CPU seconds (user + system) of the whole process tree: unlike wall time, barely moved
+    #: by other load on the machine, so it is the figure to compare tuning changes by.
+    cpu_s: float = 0.0
     #: True when the run was stopped after its first segment (wall_s is then that moment).
     stopped_early: bool = False
     peak_processes: int = 1
@@ -119,6 +123,7 @@ def run_child(
     done: dict = {}
     stopped = False
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(stderr_path, "wb") as err, open(stdout_path, "w") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -156,6 +161,10 @@ def run_child(
             sampler.stop()
             if proc.poll() is None:
                 _kill_tree(proc.pid)
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (usage_after.ru_utime - usage_before.ru_utime) + (
+        usage_after.ru_stime - usage_before.ru_stime
+    )
     if returncode != 0 and not stopped:
         tail = stderr_path.read_text(errors="replace")[-2000:]
         raise BenchError(f"{name} exited with {returncode}: {' '.join(command)}\n{tail}")
@@ -168,6 +177,7 @@ def run_child(
         text=" ".join(t for _, t in sorted(texts.items()) if t),
         segments=len(texts),
         failed_segments=failed,
+        cpu_s=cpu_s,
         stopped_early=stopped,
         peak_processes=sampler.peak_processes,
         done=done,

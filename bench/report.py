@@ -17,6 +17,7 @@ METRICS: list[tuple[str, str, str]] = [
     ("speed_x", "× realtime", "{:.1f}"),
     ("first_segment_s", "first segment s", "{:.2f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    ("cpu_s", "CPU s", "{:.1f}"),
     ("wer", "WER", "{:.4f}"),
     ("segments", "segments", "{:d}"),
 ]
