@@ -43,35 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m transcriber",
         description="Transcribe a link (anything yt-dlp understands) or a local media file "
         "with Whisper, segments fanned out to local worker processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("source", help="URL or path of the audio/video to transcribe")
-    parser.add_argument("--engine", choices=ENGINES, default="faster-whisper")
-    parser.add_argument("--model", default="tiny.en", help="model name or local path")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--compute_type", default=None, help="CTranslate2 compute type")
-    parser.add_argument("--language", default=None, help="spoken language (default: detect)")
-    parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    parser.add_argument("--beam_size", "--beam-size", type=_positive_int, default=5)
-    parser.add_argument("--word_timestamps", action="store_true", help="word-level times in json")
-    parser.add_argument(
-        "--workers", type=_natural_int, default=None,
-        help="worker processes (0: in this process; default: fill the CPU cores)",
-    )  # fmt: skip
-    parser.add_argument("--threads", type=_positive_int, default=None, help="threads per worker")
-    parser.add_argument(
-        "--mode", choices=MODES, default="parallel",
-        help="sequential: one segment at a time, each prompted with the text before it",
-    )  # fmt: skip
-    parser.add_argument(
-        "--format", "--output_format", "-f", dest="format", choices=OUTPUT_FORMATS,
-        default="text", help="what to print",
-    )  # fmt: skip
-    parser.add_argument("--output", "-o", default=None, help="write to this file, not stdout")
-    parser.add_argument(
-        "--max_duration", type=float, default=None, help="refuse media longer than this (s)"
-    )
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    add = parser.add_argument
+    add("source", help="URL or path of the audio/video to transcribe")
+    add("--engine", choices=ENGINES, default="faster-whisper", help="default: %(default)s")
+    add("--model", default="tiny.en", help="model name or local path (default: %(default)s)")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
+    add("--compute_type", help="CTranslate2 compute type (default: int8 on CPU, float16 on CUDA)")
+    add("--language", help="spoken language (default: detect)")
+    add("--task", choices=("transcribe", "translate"), default="transcribe",
+        help="default: %(default)s")  # fmt: skip
+    add("--beam_size", "--beam-size", type=_positive_int, default=5,
+        help="default: %(default)s; 1 is greedy and fastest")  # fmt: skip
+    add("--word_timestamps", action="store_true", help="word-level times in json")
+    add("--workers", type=_natural_int,
+        help="worker processes (0: in this process; default: fill the CPU cores)")  # fmt: skip
+    add("--threads", type=_positive_int, help="threads per worker (default: 1 on up to 4 cores)")
+    add("--mode", choices=MODES, default="parallel",
+        help="parallel (default) fans segments out; sequential transcribes one at a time, "
+        "each prompted with the text before it")  # fmt: skip
+    add("--format", "--output_format", "-f", dest="format", choices=OUTPUT_FORMATS,
+        default="text", metavar="FORMAT",
+        help=f"{', '.join(OUTPUT_FORMATS)} (default: %(default)s; text and ndjson stream)")  # fmt: skip
+    add("--output", "-o", help="write to this file, not stdout")
+    add("--max_duration", type=float, help="refuse media longer than this many seconds")
+    add("--quiet", "-q", action="store_true", help="no progress on stderr")
     return parser
 
 
