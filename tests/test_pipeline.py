@@ -340,3 +340,13 @@ def test_cancelling_stops_ffmpeg_and_workers(mix) -> None:
     assert not isinstance(seen[-1], Done)
     assert {p.pid for p in child_processes()} - before == set()
     assert mapper.stats()["submitted"] < 7  # the rest of the file was never dispatched
+
+
+def test_a_broken_mapper_is_a_fatal_error(tmp_path) -> None:
+    wav, _ = speech_mix(tmp_path / "short.wav", ("ps_librivox_0870",))
+    closed = LocalPoolMapper(workers=1, threads=1)
+    closed.close()  # a pool that was shut down (a server stopping) refuses work
+    events = run(str(wav), PipelineOptions(transcribe=FAST), closed)
+    assert isinstance(events[0], Meta) and isinstance(events[-1], Failed)
+    assert events[-1].code == "error" and "closed" in events[-1].message
+    assert not any(isinstance(e, SegmentDone) for e in events)
