@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -640,6 +641,7 @@ def decode(
     chunk_seconds: float = 1.0,
     max_seconds: float | None = None,
     timeout: float = 30.0,
+    stop: threading.Event | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield float32 16 kHz mono chunks as ffmpeg produces them (closing the iterator kills ffmpeg).
 
@@ -653,6 +655,10 @@ def decode(
     ``TruncatedMedia`` after the last decodable sample of a cut file or transfer, and
     ``TooLong`` once more than ``max_seconds`` (None: no limit) were decoded (after yielding
     exactly ``max_seconds``). ``timeout`` bounds each network read, in seconds.
+
+    ``stop``: setting it (from any thread) kills ffmpeg at once, so a consumer blocked in a
+    read of a stalled network input returns now rather than after ``timeout``; the iterator
+    then ends without an error. (Closing the iterator cannot do that from another thread.)
     """
     if isinstance(source, str):
         source = Source(id="", title="", duration=None, media=source)
@@ -670,6 +676,8 @@ def decode(
     except OSError as err:
         raise MediaError(f"Cannot run ffmpeg ({args[0]}): {err.strerror}") from err
     stderr = _FfmpegLog().follow(proc.stderr)
+    if stop is not None:
+        _kill_when_set(stop, proc)
     total = 0
     try:
         while True:
@@ -689,6 +697,15 @@ def decode(
             yield chunk
         code = proc.wait()
         stderr.join()
+        if stop is not None and stop.is_set():
+            return  # killed on purpose: the consumer asked to stop
+        if code < 0:  # a signal, not the input: someone killed ffmpeg, or the OOM killer did
+            raise MediaError(
+                f"The audio decoder (ffmpeg) was stopped unexpectedly ({_signal_name(-code)}) "
+                f"after {total / SAMPLE_RATE:.1f} s of audio; try again.",
+                code="decoder_died",
+                detail=stderr.text(),
+            )
         if code != 0:
             raise _ffmpeg_error(stderr.text() or f"ffmpeg exited with status {code}", source.media)
         if total == 0:
@@ -706,6 +723,25 @@ def decode(
         proc.stdout.close()
         stderr.join(1.0)
         proc.stderr.close()
+
+
+def _kill_when_set(stop: threading.Event, proc: subprocess.Popen) -> None:
+    """Kill ``proc`` from a watcher thread once ``stop`` is set, unless it ended first."""
+
+    def watch() -> None:
+        while proc.poll() is None:
+            if stop.wait(0.1):
+                proc.kill()  # its stdout closes: the read blocked in decode() returns now
+                return
+
+    threading.Thread(target=watch, name="ffmpeg-stop", daemon=True).start()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"killed by {signal.Signals(number).name}"
+    except ValueError:
+        return f"killed by signal {number}"
 
 
 def _check_complete(stderr: _FfmpegLog, total: int, media: str) -> None:
