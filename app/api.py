@@ -532,10 +532,15 @@ def create_app(
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:
-        """Liveness plus what the job manager did since start."""
+        """Liveness plus what the job manager did since start, and the worker pool's counters
+        (``pool``: segments its workers ran, retried, ...; for mappers that keep them)."""
         stats = manager.stats
         stats.running = manager.running()
-        return {"status": "ok", "jobs": vars(stats).copy()}
+        body: dict[str, Any] = {"status": "ok", "jobs": vars(stats).copy()}
+        pool_stats = getattr(mapper, "stats", None)
+        if callable(pool_stats):
+            body["pool"] = pool_stats()
+        return body
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
