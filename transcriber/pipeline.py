@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,11 @@ log = logging.getLogger(__name__)
 class PipelineOptions:
     engine: EngineConfig = field(default_factory=EngineConfig)
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
-    segment: SegmentOptions = field(default_factory=SegmentOptions)
+    #: A short first segment (12 s at most) so the first text comes after a short decode:
+    #: tiny.en int8, beam 5, one thread takes ~1.9 s on 30 s of speech, ~0.95 s on 12 s, for
+    #: one more encoder pass (~0.5 CPU-s) per job. (8 and 10 s cut the pipeline test's mix
+    #: where openai-whisper then ended the next segment early; see bench/NOTES.md.)
+    segment: SegmentOptions = field(default_factory=partial(SegmentOptions, first_max_seconds=12.0))
     #: ``parallel`` (fan out) | ``sequential`` (one worker, previous text as prompt). The
     #: mapper given to :func:`transcribe_stream` is always a parallel one; sequential mode is
     #: derived from it with :func:`~transcriber.fanout.mapper_for_mode`.

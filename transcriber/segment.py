@@ -50,6 +50,9 @@ class SegmentOptions:
     silent_relative_db: float = 40.0
     #: Energy frame length; cuts fall on frame boundaries counted from the segment start.
     frame_seconds: float = 0.02
+    #: A lower maximum for the first segment only (None: ``max_seconds``), so the first text
+    #: comes after a short decode instead of a full window's (the pipeline sets it).
+    first_max_seconds: float | None = None
 
 
 @dataclass
@@ -113,6 +116,8 @@ class Segmenter:
             raise ValueError("need 0 <= min_seconds <= max_seconds")
         self.frame = max(1, round(opts.frame_seconds * SAMPLE_RATE))
         self.max_samples = max(self.frame, int(opts.max_seconds * SAMPLE_RATE))
+        first = self.max_samples if opts.first_max_seconds is None else int(opts.first_max_seconds * SAMPLE_RATE)
+        self.first_max_samples = min(self.max_samples, max(self.frame, first))
         self._buf = np.empty(self.max_samples, dtype=np.float32)
         self._power = np.empty(self.max_samples // self.frame + 1, dtype=np.float64)
         self._n = 0  # samples buffered
@@ -134,12 +139,13 @@ class Segmenter:
         out: list[Segment] = []
         pos = 0
         while pos < len(chunk):
-            take = min(len(chunk) - pos, self.max_samples - self._n)
+            limit = self.first_max_samples if self._index == 0 else self.max_samples
+            take = min(len(chunk) - pos, limit - self._n)
             self._buf[self._n : self._n + take] = chunk[pos : pos + take]
             self._n += take
             pos += take
             self._measure()
-            if self._n == self.max_samples:
+            if self._n == limit:
                 out.append(self._cut(self._choose_cut()))
         return out
 
