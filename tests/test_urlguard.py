@@ -19,6 +19,7 @@ import pytest
 import yt_dlp
 
 from tests.conftest import DATA
+from tests.helpers.guard import Trap
 from tests.helpers.media_files import encode, ffmpeg
 from tests.helpers.media_server import MediaServer
 from transcriber.media import ffmpeg_exe
@@ -81,29 +82,6 @@ def refused(url, policy=None, resolver=None) -> UrlRefused:
         check_url(url, policy, resolver or youtube_at(PUBLIC_V4))
     assert str(info.value) and "Traceback" not in str(info.value)
     return info.value
-
-
-class Trap:
-    """A listening socket nobody may connect to; non-blocking, so accept() tells at once."""
-
-    def __init__(self, host: str = "127.0.0.2", port: int = 0):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.bind((host, port))
-        self.sock.listen(16)
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-
-    def touched(self) -> bool:
-        try:
-            conn, _ = self.sock.accept()
-        except BlockingIOError:
-            return False
-        conn.close()
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -727,8 +705,8 @@ def test_download_resumes_a_dropped_transfer_with_a_range(webm):
         assert bytes(got) == body
         first, second = srv.requests("/a.webm")
         assert "Range" not in first.headers and 0 < first.sent < len(body)
-        # Resumed after the last whole block handed out (a partial block is read again).
-        assert second.headers["Range"] == f"bytes={30_000 // 1024 * 1024}-"
+        # Resumed exactly where it broke: every byte that arrived was handed out.
+        assert second.headers["Range"] == "bytes=30000-"
 
 
 def test_download_failures_are_typed(webm):
@@ -789,3 +767,28 @@ def test_download_error_reaches_the_pipe_consumer(webm):
         pcm, download = _decode_through_pipe(srv.url("/a.webm"), LOOPBACK_SERVER)
     assert isinstance(download.error, DownloadFailed) and download.error.code == "interrupted"
     assert len(pcm) < 11 * 32_000
+
+
+def test_peek_looks_ahead_without_using_the_bytes_up(webm):
+    body = webm.read_bytes()
+    with MediaServer(files={"/a.webm": webm, "/tiny": b"abc"}) as srv:
+        download = MediaDownload(srv.url("/a.webm"), policy=LOOPBACK_SERVER, block_size=4096)
+        assert download.peek(10_000) == body[:10_000]
+        assert download.peek(20) == body[:20]  # nothing more is read for a shorter look
+        assert b"".join(download) == body
+        assert len(srv.requests("/a.webm")) == 1
+        short = MediaDownload(srv.url("/tiny"), policy=LOOPBACK_SERVER)
+        assert short.peek(64) == b"abc" and b"".join(short) == b"abc"
+
+
+def test_a_failure_while_peeking_comes_after_the_bytes_that_arrived(webm):
+    body = webm.read_bytes()
+    with MediaServer(files={"/a.webm": webm}, truncate_at=10_000) as srv:
+        download = MediaDownload(srv.url("/a.webm"), policy=LOOPBACK_SERVER, block_size=1024)
+        assert download.peek(50_000) == body[: len(download.peek(50_000))]
+        got = bytearray()
+        with pytest.raises(DownloadFailed) as info:
+            for chunk in download:
+                got += chunk
+        assert info.value.code == "interrupted" and 0 < len(got) <= 10_000
+        assert bytes(got) == body[: len(got)]

@@ -739,12 +739,51 @@ class MediaDownload:
         self.error: BaseException | None = None
         self._closed = threading.Event()
         self._response: requests.Response | None = None
+        #: Bytes :meth:`peek` read ahead, handed out first by :meth:`__iter__`.
+        self._ahead = bytearray()
+        #: A failure met while peeking after some bytes arrived: raised once they are used.
+        self._deferred: BaseException | None = None
+        self._chunks: Iterator[bytes] | None = None
         self._session = _Pinning(self.policy, resolver).install(requests.Session())
         self._session.headers = requests.structures.CaseInsensitiveDict(
             {"Accept-Encoding": "identity"}
         )
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._ahead:
+            ahead, self._ahead = bytes(self._ahead), bytearray()
+            yield ahead
+        if self._deferred is not None:
+            err, self._deferred = self._deferred, None
+            raise err
+        yield from self._transfer()
+
+    def peek(self, size: int) -> bytes:
+        """The first ``size`` bytes (all of them when the media is shorter), without using them
+        up: iterating afterwards starts from the beginning. A failure before any byte arrived
+        is raised here; one after is raised by the iteration, once the bytes before it are used.
+
+        How a caller looks at a container's first boxes before choosing how to decode it.
+        """
+        chunks = self._transfer()
+        try:
+            while len(self._ahead) < size and self._deferred is None:
+                self._ahead += next(chunks)
+        except StopIteration:
+            pass
+        except Exception as err:
+            if not self._ahead:
+                raise
+            self._deferred = err
+        return bytes(self._ahead[:size])
+
+    def _transfer(self) -> Iterator[bytes]:
+        """The body from where the last call left off (one generator shared by every call)."""
+        if self._chunks is None:
+            self._chunks = self._download()
+        return self._chunks
+
+    def _download(self) -> Iterator[bytes]:
         try:
             position, retries = 0, self.retries
             while not self._closed.is_set():
@@ -857,15 +896,26 @@ class MediaDownload:
         elif response.status_code == 200 and response.headers.get("Content-Length", "").isdigit():
             self.size = int(response.headers["Content-Length"])
 
+    def _pieces(self, response: requests.Response) -> Iterator[bytes]:
+        """The body as it arrives. ``read1`` hands out whatever came (up to a block), so a
+        connection that breaks loses nothing already received; ``iter_content`` would drop
+        the part of a block read before the break."""
+        read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2.1
+        if read1 is None:
+            yield from response.iter_content(self.block_size)
+            return
+        while piece := read1(self.block_size):
+            yield piece
+
     def _body(self, response: requests.Response) -> Iterator[bytes]:
         try:
-            for chunk in response.iter_content(self.block_size):
+            for chunk in self._pieces(response):
                 if self._closed.is_set():
                     return
                 self.bytes_read += len(chunk)
                 if self.max_bytes is not None and self.bytes_read > self.max_bytes:
                     raise DownloadFailed(
-                        f"The media is larger than the {self.max_bytes / 2**20:.0f} MiB limit.",
+                        f"The media is larger than the {self.max_bytes / 2**20:.3g} MiB download limit.",
                         "too_large",
                     )
                 yield chunk
