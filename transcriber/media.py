@@ -12,6 +12,7 @@ tool output is kept in ``detail`` for logs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -19,16 +20,21 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from transcriber import SAMPLE_RATE
+
+if TYPE_CHECKING:  # urlguard imports yt-dlp and requests: loaded when a guard is used
+    from transcriber.urlguard import GuardPolicy, MediaDownload, UrlRefused
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,22 @@ class TooLong(MediaError):
     code = "too_long"
 
 
+class TooLarge(MediaError):
+    """The download passed ``Source.max_bytes``; raised after what arrived was decoded."""
+
+    code = "too_large"
+
+
+class SourceRefused(MediaError):
+    """The URL guard refused the link, a redirect or the media URL (SSRF protection).
+
+    ``code`` is the guard's (:class:`transcriber.urlguard.UrlRefused`): ``forbidden_address``,
+    ``host_not_allowed``, ``port_not_allowed``, ``bad_scheme``, ``bad_url`` or ``unresolvable``.
+    """
+
+    code = "refused"
+
+
 @dataclass
 class Source:
     """What the decoder needs, plus what a person wants to see."""
@@ -113,6 +135,15 @@ class Source:
     webpage_url: str | None = None
     is_youtube: bool = False
     extractor: str | None = None
+    #: The URL guard that every request for ``media`` obeys (None: ffmpeg fetches it itself).
+    #: With a guard the media is downloaded by :class:`transcriber.urlguard.MediaDownload` and
+    #: piped to ffmpeg, which then opens nothing on the network.
+    guard: GuardPolicy | None = None
+    #: Fetch ``media`` in ``Range`` requests of this many bytes (yt-dlp's ``http_chunk_size``:
+    #: YouTube's CDN throttles long single transfers). Only used with a guard.
+    chunk_size: int | None = None
+    #: Stop the download past this many bytes (:class:`TooLarge`). Only used with a guard.
+    max_bytes: int | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +218,14 @@ def _youtube_ie_id(url: str) -> str | None:
 # resolve
 
 
-def resolve(source: str | os.PathLike, *, allow_local: bool = True, **ydl_options) -> Source:
+def resolve(
+    source: str | os.PathLike,
+    *,
+    allow_local: bool = True,
+    guard: GuardPolicy | None = None,
+    max_bytes: int | None = None,
+    **ydl_options,
+) -> Source:
     """A URL (yt-dlp Python API, noplaylist) or a local path -> :class:`Source`.
 
     ``ydl_options`` are passed to :class:`yt_dlp.YoutubeDL` over these defaults: quiet, no
@@ -195,6 +233,13 @@ def resolve(source: str | os.PathLike, *, allow_local: bool = True, **ydl_option
     JavaScript runtime (from the ``deno`` package) and ``cookiefile`` from
     ``$STREAMSCRIBE_COOKIES_FILE`` when that is set. ``allow_local=False`` refuses anything
     but a URL (a web server must not read its own disk for a user).
+
+    ``guard`` (a service fetching links for others): yt-dlp runs guarded
+    (:func:`transcriber.urlguard.youtube_dl`: the link on the allow-list, only the extractors it
+    needs, every connection to a public address), formats served over plain HTTP(S) are
+    preferred (a manifest cannot be piped), and the :class:`Source` carries the guard so that
+    :func:`decode` downloads through it too, at most ``max_bytes``. A refusal anywhere raises
+    :class:`SourceRefused` before any request reaches the refused address.
 
     Ids: the YouTube video id; for other sites ``sha1("extractor:video id")``; for direct links
     (yt-dlp's generic extractor) ``sha1(url)``; for files ``sha1(content)``, where files above
@@ -217,7 +262,7 @@ def resolve(source: str | os.PathLike, *, allow_local: bool = True, **ydl_option
     if text.lower().startswith("file:"):
         # Never let yt-dlp or ffmpeg read local files behind a URL; paths go the explicit way.
         raise UnsupportedSource("file: URLs are not accepted; give the path itself.", detail=text)
-    return _resolve_url(text, ydl_options)
+    return _resolve_url(text, ydl_options, guard, max_bytes)
 
 
 def _exists(path: Path) -> bool:
@@ -302,12 +347,23 @@ def ydl_defaults() -> dict:
     return options
 
 
-def _resolve_url(url: str, ydl_options: dict) -> Source:
+#: yt-dlp's format choice under the guard: a single file over HTTP(S), never a manifest (HLS,
+#: DASH segments) that ffmpeg would have to fetch piece by piece on its own.
+GUARDED_FORMAT = (
+    "bestaudio[protocol^=http][protocol!*=dash]/best[protocol^=http][protocol!*=dash]"
+)
+
+
+def _resolve_url(
+    url: str, ydl_options: dict, guard: GuardPolicy | None, max_bytes: int | None
+) -> Source:
     import yt_dlp
 
-    options = {**ydl_defaults(), **ydl_options}
+    from transcriber import urlguard
+
+    options = {**ydl_defaults(), **({"format": GUARDED_FORMAT} if guard else {}), **ydl_options}
     try:
-        with yt_dlp.YoutubeDL(options) as ydl:
+        with urlguard.youtube_dl(options, guard) as ydl:
             info = ydl.extract_info(url, download=False)
             if info.get("_type") == "playlist":
                 entries = [e for e in info.get("entries") or [] if e]
@@ -317,9 +373,17 @@ def _resolve_url(url: str, ydl_options: dict) -> Source:
                         code="playlist",
                     )
                 info = ydl.extract_info(entries[0].get("url") or entries[0]["webpage_url"], download=False)
-            media, headers = _media_of(info)
+            media, headers, chunk_size = _media_of(info)
             cookie = ydl.cookiejar.get_cookie_header(media)
+        if guard is not None:
+            # The media URL is a hop like any other: public address, allowed scheme and port.
+            urlguard.vet_media_url(media, guard)
+    except urlguard.UrlRefused as err:
+        raise refused(err) from err
     except yt_dlp.utils.DownloadError as err:
+        refusal = urlguard.refusal_in(err)
+        if refusal is not None:
+            raise refused(refusal) from err
         raise _ytdlp_error(err, url) from err
     if cookie:
         headers["Cookie"] = cookie
@@ -340,7 +404,12 @@ def _resolve_url(url: str, ydl_options: dict) -> Source:
         sid, page = _short_hash(f"{extractor}:{info.get('id')}"), info.get("webpage_url") or url
     duration = info.get("duration")
     if duration is None and extractor == "Generic":
-        duration = _probe_quietly(media, headers)  # a direct file link: ask the file itself
+        # A direct file link: ask the file itself (through the guard: only its first bytes).
+        duration = (
+            _probe_quietly(media, headers)
+            if guard is None
+            else _probe_guarded(media, headers, guard, max_bytes)
+        )
     return Source(
         id=sid,
         title=info.get("title") or info.get("id") or url,
@@ -351,11 +420,20 @@ def _resolve_url(url: str, ydl_options: dict) -> Source:
         webpage_url=page,
         is_youtube=bool(yid),
         extractor=extractor,
+        guard=guard,
+        chunk_size=chunk_size if guard is not None else None,
+        max_bytes=max_bytes if guard is not None else None,
     )
 
 
-def _media_of(info: dict) -> tuple[str, dict[str, str]]:
-    """The one URL ffmpeg reads, and its headers: the audio part when formats were merged."""
+def refused(err: UrlRefused) -> SourceRefused:
+    """The guard's refusal as a media error (same message and ``code``)."""
+    return SourceRefused(str(err), code=err.code, detail=str(err))
+
+
+def _media_of(info: dict) -> tuple[str, dict[str, str], int | None]:
+    """The one URL ffmpeg reads, its headers and the download's range size (yt-dlp's
+    ``http_chunk_size``): the audio part when formats were merged."""
     chosen = info
     if not info.get("url"):
         parts = info.get("requested_formats") or []
@@ -364,7 +442,8 @@ def _media_of(info: dict) -> tuple[str, dict[str, str]]:
     if not chosen.get("url"):
         raise UnsupportedSource("No playable media was found at this link.", code="no_media")
     headers = dict(chosen.get("http_headers") or info.get("http_headers") or {})
-    return chosen["url"], headers
+    chunk = (chosen.get("downloader_options") or {}).get("http_chunk_size")
+    return chosen["url"], headers, int(chunk) if chunk else None
 
 
 #: Network failure fragments (yt-dlp's and ffmpeg's wording) -> a short reason for people.
@@ -588,6 +667,49 @@ def _probe_quietly(media: str, headers: dict[str, str]) -> float | None:
     return None if probe.estimated else probe.duration
 
 
+#: Bytes a guarded probe may download: enough for any header that states the duration.
+_PROBE_BYTES = 2 << 20
+
+
+def _probe_guarded(
+    media: str, headers: dict[str, str], guard: GuardPolicy, max_bytes: int | None
+) -> float | None:
+    """The duration a direct link's header states, read through the guard from the first bytes
+    (ffmpeg on a pipe: a container that keeps its duration at the end says nothing); None when
+    unknown. A refusal raises :class:`SourceRefused`; other failures are left to decode."""
+    from transcriber import urlguard
+
+    limit = min(_PROBE_BYTES, max_bytes or _PROBE_BYTES)
+    try:
+        name, options, download = urlguard.ffmpeg_input(
+            media, headers, guard, max_bytes=limit, timeout=10.0
+        )
+    except urlguard.UrlRefused as err:
+        raise refused(err) from err
+    flags = [arg for key, value in options.items() for arg in (f"-{key}", str(value))]
+    args = [ffmpeg_exe(), *_GLOBAL_ARGS, *flags, "-i", name]
+    proc = subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    info = _FfmpegLog().follow(proc.stderr)
+    download.start_feeding(proc.stdin)
+    try:
+        proc.wait(timeout=20.0)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        download.close()
+        info.join(1.0)
+        proc.stderr.close()
+    if isinstance(download.error, urlguard.UrlRefused):
+        raise refused(download.error)
+    probe = info.probe
+    return None if probe.estimated or not probe.has_audio else probe.duration
+
+
 def _ffmpeg():
     import ffmpeg  # ffmpeg-python builds the command; we run it with ffmpeg_exe() ourselves
 
@@ -659,23 +781,50 @@ def decode(
     ``stop``: setting it (from any thread) kills ffmpeg at once, so a consumer blocked in a
     read of a stalled network input returns now rather than after ``timeout``; the iterator
     then ends without an error. (Closing the iterator cannot do that from another thread.)
+
+    With ``source.guard`` set, a media URL is downloaded through the guard and piped to ffmpeg
+    (see :func:`_decode_guarded`); the download's failures map to the same errors, plus
+    :class:`TooLarge` past ``source.max_bytes`` and :class:`SourceRefused` for a redirect the
+    guard refuses.
     """
     if isinstance(source, str):
         source = Source(id="", title="", duration=None, media=source)
+    run = functools.partial(
+        _run_ffmpeg, chunk_seconds=chunk_seconds, max_seconds=max_seconds, stop=stop
+    )
+    if source.guard is not None and _is_http(source.media):
+        yield from _decode_guarded(source, run, timeout, stop)
+        return
+    name, options = _input_args(source.media, source.headers, timeout)
+    yield from run(name, options, source.media)
+
+
+def _run_ffmpeg(
+    name: str,
+    options: dict,
+    media: str,
+    *,
+    chunk_seconds: float,
+    max_seconds: float | None,
+    stop: threading.Event | None,
+    download: MediaDownload | None = None,
+) -> Iterator[np.ndarray]:
+    """ffmpeg on ``name`` to PCM chunks; ``media`` names the source in errors. A ``download``
+    is fed to ffmpeg's stdin and its failure, if any, is the error reported."""
     chunk_bytes = max(1, int(chunk_seconds * SAMPLE_RATE)) * 2
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
-    name, options = _input_args(source.media, source.headers, timeout)
     output = _ffmpeg().input(name, **options).output(
         "pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, map="0:a:0"
     )
     args = [ffmpeg_exe(), *_GLOBAL_ARGS, *output.get_args()]
+    stdin = subprocess.DEVNULL if download is None else subprocess.PIPE
     try:
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:
         raise MediaError(f"Cannot run ffmpeg ({args[0]}): {err.strerror}") from err
     stderr = _FfmpegLog().follow(proc.stderr)
+    if download is not None:
+        download.start_feeding(proc.stdin)
     if stop is not None:
         _kill_when_set(stop, proc)
     total = 0
@@ -699,6 +848,9 @@ def decode(
         stderr.join()
         if stop is not None and stop.is_set():
             return  # killed on purpose: the consumer asked to stop
+        if download is not None and download.error is not None:
+            # ffmpeg only saw its input end early; the download knows why.
+            raise _download_error(download.error, media, total / SAMPLE_RATE)
         if code < 0:  # a signal, not the input: someone killed ffmpeg, or the OOM killer did
             raise MediaError(
                 f"The audio decoder (ffmpeg) was stopped unexpectedly ({_signal_name(-code)}) "
@@ -707,22 +859,154 @@ def decode(
                 detail=stderr.text(),
             )
         if code != 0:
-            raise _ffmpeg_error(stderr.text() or f"ffmpeg exited with status {code}", source.media)
+            raise _ffmpeg_error(stderr.text() or f"ffmpeg exited with status {code}", media)
         if total == 0:
             if not stderr.probe.has_audio and stderr.errors:
-                raise _ffmpeg_error(stderr.text(), source.media)
+                raise _ffmpeg_error(stderr.text(), media)
             raise UndecodableMedia(
-                f"No audio could be decoded from {_where(source.media)}.", code="empty",
+                f"No audio could be decoded from {_where(media)}.", code="empty",
                 detail=stderr.text(),
             )
-        _check_complete(stderr, total, source.media)
+        _check_complete(stderr, total, media)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if download is not None:
+            download.close()  # a feeder still waiting on the network stops too
         proc.stdout.close()
         stderr.join(1.0)
         proc.stderr.close()
+
+
+#: Bytes looked at before a guarded decode starts: an MP4's leading boxes.
+_HEAD_BYTES = 64 * 1024
+
+
+def _decode_guarded(
+    source: Source, run, timeout: float, stop: threading.Event | None
+) -> Iterator[np.ndarray]:
+    """Download ``source.media`` through its guard and decode it (ffmpeg opens no URL itself).
+
+    The bytes are piped to ffmpeg as they arrive, except for an MP4 whose index (``moov``)
+    comes after its media data: ffmpeg cannot decode that from a pipe, so it is downloaded
+    to a temporary file first (at most ``source.max_bytes``) and decoded from there.
+    """
+    from transcriber import urlguard
+
+    try:
+        name, options, download = urlguard.ffmpeg_input(
+            source.media,
+            source.headers,
+            source.guard,
+            max_bytes=source.max_bytes,
+            range_chunk=source.chunk_size,
+            timeout=timeout,
+        )
+    except urlguard.UrlRefused as err:
+        raise refused(err) from err
+    spooled: Path | None = None
+    try:
+        try:
+            head = download.peek(_HEAD_BYTES)
+            if _mp4_index_at_end(head):
+                spooled = _spool(download, stop)
+        except Exception as err:
+            raise _download_error(err, source.media, 0.0) from err
+        if spooled is not None:
+            name, options = _input_args(str(spooled), {}, timeout)
+            yield from run(name, options, source.media)
+        else:
+            yield from run(name, options, source.media, download=download)
+    finally:
+        download.close()
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
+
+
+def _mp4_index_at_end(head: bytes) -> bool:
+    """True for an ISO media file (MP4, M4A, MOV) whose ``mdat`` precedes its ``moov``."""
+    pos = 0
+    while pos + 8 <= len(head):
+        size, kind = int.from_bytes(head[pos : pos + 4], "big"), head[pos + 4 : pos + 8]
+        if pos == 0 and kind != b"ftyp":
+            return False
+        if kind in (b"moov", b"mdat"):
+            return kind == b"mdat"
+        if size == 1 and pos + 16 <= len(head):  # a 64-bit size follows the type
+            size = int.from_bytes(head[pos + 8 : pos + 16], "big")
+        if size < 8:
+            return False
+        pos += size
+    return False
+
+
+def _spool(download: MediaDownload, stop: threading.Event | None) -> Path:
+    """The whole download in a temporary file (the caller deletes it)."""
+    handle = tempfile.NamedTemporaryFile(prefix="streamscribe-", suffix=".mp4", delete=False)
+    path = Path(handle.name)
+    try:
+        with handle:
+            for chunk in download:
+                if stop is not None and stop.is_set():
+                    break
+                handle.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _download_error(err: BaseException, media: str, decoded: float) -> MediaError:
+    """A guarded download's failure as the media error a person can act on."""
+    from transcriber import urlguard
+
+    where = _where(media)
+    if isinstance(err, urlguard.UrlRefused):
+        return refused(err)
+    if isinstance(err, MediaError):
+        return err
+    if not isinstance(err, urlguard.DownloadFailed):
+        return SourceUnreachable(f"Could not read {where}: {err}.", detail=repr(err))
+    detail = str(err)
+    if err.code == "too_large":
+        return TooLarge(
+            f"{err} Only the first {decoded:.1f} s were decoded." if decoded else str(err),
+            detail=detail,
+        )
+    if err.code == "interrupted":
+        return TruncatedMedia(
+            f"The transfer of {where} broke off after {decoded:.1f} s of audio; what arrived "
+            "was kept.",
+            detail=detail,
+        )
+    if err.code == "http_error":
+        status = err.status or 0
+        if status in (404, 410):
+            return SourceNotFound(
+                f"Nothing at {where} (HTTP {status}): the link is wrong or the file was removed.",
+                detail=detail,
+            )
+        if status in (401, 403, 451):
+            return SourceUnavailable(
+                f"The server refused access to {where} (HTTP {status}).",
+                code="forbidden",
+                detail=detail,
+            )
+        if status == 429:
+            return SourceUnavailable(_RATE_LIMITED, code="rate_limited", detail=detail)
+        if status >= 500:
+            return SourceUnreachable(
+                f"The server failed to answer for {where} (HTTP {status}); try again later.",
+                detail=detail,
+            )
+        return SourceUnavailable(
+            f"The server rejected the request for {where} (HTTP {status}).", detail=detail
+        )
+    if err.code == "too_many_redirects":
+        return SourceUnreachable(f"{where[0].upper()}{where[1:]} redirects too many times.",
+                                 detail=detail)
+    return SourceUnreachable(str(err), detail=detail)
 
 
 def _kill_when_set(stop: threading.Event, proc: subprocess.Popen) -> None:
