@@ -792,3 +792,15 @@ def test_a_failure_while_peeking_comes_after_the_bytes_that_arrived(webm):
                 got += chunk
         assert info.value.code == "interrupted" and 0 < len(got) <= 10_000
         assert bytes(got) == body[: len(got)]
+
+
+@pytest.mark.parametrize(
+    "target, code",
+    [("file:///etc/passwd", "bad_scheme"), ("ftp://127.0.0.1/a.webm", "bad_scheme"),
+     ("http://user:pw@127.0.0.1/a.webm", "bad_url")],
+)  # fmt: skip
+def test_yt_dlp_redirect_to_another_scheme_is_a_refusal(webm, target, code):
+    with MediaServer(files={"/a.webm": webm}) as srv:
+        refusal = _redirect_through_yt_dlp(srv, target)
+        assert srv.paths == ["/go.webm"]
+    assert refusal is not None and refusal.code == code

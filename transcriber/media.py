@@ -380,7 +380,8 @@ def _resolve_url(
             urlguard.vet_media_url(media, guard)
     except urlguard.UrlRefused as err:
         raise refused(err) from err
-    except yt_dlp.utils.DownloadError as err:
+    except (yt_dlp.utils.DownloadError, yt_dlp.networking.exceptions.RequestError) as err:
+        # (A request error that escaped yt-dlp's own wrapping is reported the same way.)
         refusal = urlguard.refusal_in(err)
         if refusal is not None:
             raise refused(refusal) from err

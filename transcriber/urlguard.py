@@ -571,6 +571,18 @@ class _Pinning:
         for adapter in session.adapters.values():
             adapter.poolmanager.pool_classes_by_scheme = self.pool_classes
         session.trust_env = False  # no proxies or .netrc from the environment
+        # Redirects that requests follows itself (yt-dlp's) pass the link rules before the
+        # next hop: a scheme requests cannot fetch (file:, ftp:...) is a refusal, not a crash.
+        # The address of an http(s) hop is checked when its connection is made.
+        follow = session.get_redirect_target
+
+        def vetted_target(response: requests.Response) -> str | None:
+            target = follow(response)
+            if target:
+                _split(urljoin(response.url, target), self.policy)
+            return target
+
+        session.get_redirect_target = vetted_target
         return session
 
 
