@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -70,9 +71,29 @@ def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> 
         "child_done": run.done,
         "command": command,
     }
-    if not run.stopped_early:
+    if run.stopped_early:
+        record["cpu_s"] = None  # the killed tree's CPU time is not collected
+    else:
         record["wer"] = round(word_error_rate(bench_input.reference, run.text), 4)
         record["speed_x"] = round(bench_input.duration_s / run.wall_s, 2)
+    return record
+
+
+#: Figures of a repeated system that are reported as the median over its runs.
+MEDIAN_FIGURES = ("wall_s", "first_segment_s", "peak_rss_mb", "wer", "speed_x", "cpu_s")
+
+
+def median_record(records: list[dict]) -> dict:
+    """One system's record: the first run's, each figure replaced by its median over runs,
+    and every run's figures under ``runs`` (when there was more than one)."""
+    record = dict(records[0])
+    if len(records) > 1:
+        for key in MEDIAN_FIGURES:
+            values = [r[key] for r in records if r[key] is not None]
+            record[key] = statistics.median(values) if values else None
+        record["runs"] = [
+            {key: r[key] for key in (*MEDIAN_FIGURES, "loadavg_before")} for r in records
+        ]
     return record
 
 
@@ -94,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="extra argument for streamscribe's CLI (repeatable), for tuning runs")
     p.add_argument("--systems", default=",".join(default_systems()),
                    help=f"comma-separated, of {', '.join(all_systems())} (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each system N times, round-robin, and report medians (systems "
+                        "marked slow, like openai-whisper, run once)")
     p.add_argument("--long", action="store_true",
                    help="also streamscribe on 60 min (first segment) and 3 h (peak memory)")
     p.add_argument("--long-minutes", default=None, metavar="TTFS,RSS",
@@ -103,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.input is None) != (args.ref is None):
         p.error("--input and --ref go together")
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     return args
 
 
@@ -136,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results["config"] = {**cfg.__dict__, "transcriber_args": list(cfg.transcriber_args),
-                         "weights": weights.__dict__, "systems": chosen}
+                         "weights": weights.__dict__, "systems": chosen, "repeat": args.repeat}
     results["input"] = bench_input.describe()
     log_dir = args.out / "logs" if args.out != BENCH_DIR else inputs.WORK / "logs"
     env = child_env()
@@ -152,12 +178,25 @@ def main(argv: list[str] | None = None) -> int:
         return record
 
     try:
-        results["systems"] = {name: measure(name, name, bench_input) for name in chosen}
+        # Round-robin so a burst of other load on the machine hits every system alike.
+        runs: dict[str, list[dict]] = {name: [] for name in chosen}
+        for round_no in range(args.repeat):
+            for name in chosen:
+                if round_no == 0 or systems[name].repeatable:
+                    label = name if args.repeat == 1 else f"{name}.{round_no + 1}"
+                    runs[name].append(measure(name, label, bench_input))
+        results["systems"] = {name: median_record(records) for name, records in runs.items()}
         results["long"] = {key: None for key in long_runs}
         if args.long:
             for key, (minutes, stop) in long_runs.items():
                 long_input = inputs.long_form(minutes, args.seed)
-                results["long"][key] = measure("streamscribe", f"long.{key}", long_input, stop)
+                # A run stopped at its first segment takes seconds: repeat it like the others.
+                count = args.repeat if stop else 1
+                results["long"][key] = median_record([
+                    measure("streamscribe", f"long.{key}" + (f".{i + 1}" if count > 1 else ""),
+                            long_input, stop)
+                    for i in range(count)
+                ])
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

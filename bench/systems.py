@@ -83,6 +83,8 @@ class System:
     name: str
     description: str
     command: CommandBuilder
+    #: False for a system too slow to run more than once under ``--repeat``.
+    repeatable: bool = True
 
 
 def streamscribe_command(wav: Path, cfg: BenchConfig, weights: Weights) -> list[str]:
@@ -142,6 +144,7 @@ def all_systems() -> dict[str, System]:
                 "openai-whisper",
                 "openai-whisper transcribe() on the whole file, fp32 CPU, verbose prints timed",
                 _whole_file("openai-whisper"),
+                repeatable=False,  # minutes per run, and far from its goal's boundary
             ),
             # Analysis only: whole-file decoding without the previous window's text as prompt,
             # which separates what segmenting costs from what carried context gains.
