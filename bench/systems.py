@@ -105,6 +105,13 @@ def streamscribe_command(wav: Path, cfg: BenchConfig, weights: Weights) -> list[
     return cmd + list(cfg.transcriber_args)
 
 
+def _streamscribe_with(*extra: str) -> CommandBuilder:
+    def command(wav: Path, cfg: BenchConfig, weights: Weights) -> list[str]:
+        return streamscribe_command(wav, cfg, weights) + list(extra)
+
+    return command
+
+
 def _whole_file(engine: str, *extra: str) -> CommandBuilder:
     def command(wav: Path, cfg: BenchConfig, weights: Weights) -> list[str]:
         return [
@@ -145,6 +152,12 @@ def all_systems() -> dict[str, System]:
                 "openai-whisper transcribe() on the whole file, fp32 CPU, verbose prints timed",
                 _whole_file("openai-whisper"),
                 repeatable=False,  # minutes per run, and far from its goal's boundary
+            ),
+            # Sequential mode (issue 8): one worker, in order, previous text as the prompt.
+            System(
+                "streamscribe-sequential",
+                "as streamscribe, with --mode sequential",
+                _streamscribe_with("--mode", "sequential"),
             ),
             # Analysis only: whole-file decoding without the previous window's text as prompt,
             # which separates what segmenting costs from what carried context gains.
