@@ -24,11 +24,14 @@ from tests.helpers.pipeline import (
 )
 from transcriber.engine import EngineConfig
 from transcriber.fanout import (
+    FAULTS_ENV,
     InlineMapper,
     LocalPoolMapper,
     SequentialMapper,
+    _fault_rules,
     default_split,
     mapper_for_mode,
+    parse_faults,
     run_job,
     run_job_retrying,
 )
@@ -65,6 +68,28 @@ def test_engine_failure_is_a_segment_error_after_a_retry() -> None:
     assert result.attempts == 2
     assert "speech engine failed" in result.error and "/nonexistent/whisper-model" in result.error
     assert result.pieces == []
+
+
+def test_fault_hook_raises_where_the_engine_runs(monkeypatch) -> None:
+    """STREAMSCRIBE_FAULTS (the test hook): one segment fails for good, another only once."""
+    monkeypatch.setenv(FAULTS_ENV, "raise:index=1; raise:index=3,times=1")
+    _fault_rules.cache_clear()  # read once per process: start this one afresh
+    try:
+        failed = run_job_retrying(job(1, "ps_librivox_0880"), tries=2)
+        healed = run_job_retrying(job(3, "ps_librivox_0880"), tries=2)
+        untouched = run_job(job(2, "ps_librivox_0880"))
+    finally:
+        monkeypatch.delenv(FAULTS_ENV)
+        _fault_rules.cache_clear()
+    assert failed.attempts == 2 and failed.pieces == []
+    assert "InjectedFault" in failed.error and failed.error.endswith("tried 2 times")
+    assert healed.error is None and healed.attempts == 2
+    assert clip_wer("ps_librivox_0880", healed.text) <= 0.3  # tiny.en: "old-sposed"
+    assert untouched.error is None and untouched.text == healed.text
+    for bad in ("explode:index=1", "raise:index=one", "raise:segment=1"):
+        with pytest.raises(ValueError, match=FAULTS_ENV):
+            parse_faults(bad)
+    assert parse_faults("") == []
 
 
 def test_inline_mapper_runs_jobs_off_the_loop() -> None:
@@ -145,7 +170,11 @@ def test_closing_a_map_drops_its_queued_jobs(pool: LocalPoolMapper) -> None:
         return first
 
     asyncio.run(run())
-    time.sleep(1.5)  # let a running one finish: it must not be followed by the queued ones
+    # Let a running one finish (however busy the machine): no queued one may follow it.
+    deadline = time.monotonic() + 60
+    while pool.stats()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
     after = pool.stats()
     started = after["started"] - before["started"]
     assert after["submitted"] - before["submitted"] == 4

@@ -14,6 +14,15 @@ crashes CTranslate2, an OOM kill), cannot tell which job the dead worker held, a
 a running job. Here each worker process has its own pipe and one job at a time, driven by one
 thread in this process: a dead worker is replaced and exactly its job is retried, a cancelled
 map's queued jobs are dropped, and closing the pool kills exactly its own processes.
+
+Fault injection (a test hook, off unless set): ``STREAMSCRIBE_FAULTS`` makes :func:`run_job` fail
+on purpose wherever it runs (a pool worker inherits the variable from the server), so fault
+tests drive the real service. Rules are ``;``-separated ``ACTION:key=value,...``; today the one
+action is ``raise``, which raises :class:`InjectedFault` where the engine is called, exactly as
+an engine error would. Keys: ``index=N`` (only segment N; default every segment) and
+``times=K`` (only the first K matching calls in each process; default every call). Example:
+``STREAMSCRIBE_FAULTS="raise:index=1;raise:index=3,times=1"`` fails segment 1 for good and
+segment 3 once (its retry succeeds). The variable is read once per process, on first use.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -97,6 +107,60 @@ def _absolute(piece: Piece, start: float, end: float) -> Piece:
     )
 
 
+# -- fault injection (a test hook; see the module docstring) -------------------------------------
+
+FAULTS_ENV = "STREAMSCRIBE_FAULTS"
+
+
+class InjectedFault(RuntimeError):
+    """Raised where the engine runs when a ``STREAMSCRIBE_FAULTS`` rule matches the segment."""
+
+
+@dataclass
+class _FaultRule:
+    action: str
+    index: int | None = None
+    #: Matching calls left in this process (None: unlimited).
+    times: int | None = None
+
+
+def parse_faults(spec: str) -> list[_FaultRule]:
+    """``raise:index=1;raise:index=3,times=1`` -> rules; ``ValueError`` names a bad one."""
+    rules = []
+    for text in filter(None, (part.strip() for part in spec.split(";"))):
+        action, _, params = text.partition(":")
+        if action.strip() != "raise":
+            raise ValueError(f"{FAULTS_ENV}: unknown action in {text!r} (known: raise)")
+        rule = _FaultRule(action.strip())
+        for pair in filter(None, (item.strip() for item in params.split(","))):
+            key, _, value = pair.partition("=")
+            if key.strip() not in ("index", "times") or not value.strip().isdigit():
+                raise ValueError(f"{FAULTS_ENV}: bad setting {pair!r} in {text!r} (index=N, times=K)")
+            setattr(rule, key.strip(), int(value))
+        rules.append(rule)
+    return rules
+
+
+@functools.cache
+def _fault_rules() -> list[_FaultRule]:
+    """This process's rules, parsed on first use; [] when the variable is unset (the normal case)."""
+    spec = os.environ.get(FAULTS_ENV, "").strip()
+    if not spec:
+        return []
+    rules = parse_faults(spec)
+    log.warning("fault injection is on (%s=%r): segments will fail on purpose", FAULTS_ENV, spec)
+    return rules
+
+
+def _inject_faults(index: int) -> None:
+    for rule in _fault_rules():
+        if rule.index not in (None, index) or rule.times == 0:
+            continue
+        if rule.times is not None:
+            rule.times -= 1
+        raise InjectedFault(f"injected fault on segment {index} ({FAULTS_ENV})")
+
+
 def run_job(job: SegmentJob) -> SegmentResult:
     """Transcribe one job with the (cached, once-per-process) engine for ``job.engine``.
 
@@ -109,6 +173,7 @@ def run_job(job: SegmentJob) -> SegmentResult:
         try:
             from transcriber.engine import get_engine  # the engine cache lives in engine.py
 
+            _inject_faults(job.index)  # a no-op unless STREAMSCRIBE_FAULTS is set
             pieces = get_engine(job.engine).transcribe(job.audio, job.options)
             result.pieces = [_absolute(p, job.start, job.end) for p in pieces]
         except Exception as exc:  # any engine failure is this segment's, not the job's
@@ -131,6 +196,8 @@ def run_job_retrying(job: SegmentJob, tries: int = 2) -> SegmentResult:
         result.attempts, result.elapsed = attempt, elapsed
         if result.error is None:
             break
+    if result.error is not None and result.attempts > 1:
+        result.error += f"; tried {result.attempts} times"
     return result
 
 
@@ -411,9 +478,17 @@ class LocalPoolMapper:
             time.sleep(0.05)
 
     def stats(self) -> dict[str, int]:
-        """Counters since start: submitted, started, completed, failed, cancelled, retried, spawned."""
+        """Counters since start: submitted, started, completed, failed, cancelled, retried,
+        spawned; and right now: ``workers`` (processes ready for work: their model is loaded)
+        and ``busy`` (those on a segment).
+
+        ``completed + failed`` is the number of segments the workers actually ran (a server's
+        ``/healthz`` shows these, e.g. to prove a resumed job transcribed only what was missing).
+        """
         with self._lock:
-            return dict(self._stats)
+            ready = sum(1 for worker, _ in self._live.values() if worker.ready)
+            busy = sum(1 for _, task in self._live.values() if task is not None)
+            return {**self._stats, "workers": ready, "busy": busy}
 
     def running(self) -> dict[int, int | None]:
         """Live worker pid -> index of the segment it is transcribing (None when idle)."""
