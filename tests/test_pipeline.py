@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tests.helpers.pipeline import (
 from transcriber import SAMPLE_RATE, formats
 from transcriber.engine import EngineConfig
 from transcriber.events import Done, Failed, Meta, Progress, SegmentDone, SegmentFailed
-from transcriber.fanout import LocalPoolMapper
+from transcriber.fanout import InlineMapper, LocalPoolMapper
 from transcriber.media import Source
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.segment import SegmentOptions
@@ -245,7 +246,8 @@ def test_resume_transcribes_only_missing_segments(pool, mix) -> None:
     kept = {s.index: s for s in first if s.index % 2 == 0}
     recording = Recording(pool)
     events = run(str(wav), options, recording, completed=kept)
-    check_stream_shape(events)
+    done = check_stream_shape(events)
+    assert done.reused_segments == len(kept)
     sent = sorted(j.index for j in recording.jobs)
     assert sent and all(i % 2 == 1 for i in sent)
     again = formats.assemble(events)
@@ -340,6 +342,39 @@ def test_cancelling_stops_ffmpeg_and_workers(mix) -> None:
     assert not isinstance(seen[-1], Done)
     assert {p.pid for p in child_processes()} - before == set()
     assert mapper.stats()["submitted"] < 7  # the rest of the file was never dispatched
+
+
+def test_cancelling_kills_ffmpeg_even_while_its_input_stalls(mix) -> None:
+    """A transfer that crawls (a stalled network) leaves ffmpeg and the decode thread blocked in
+    a read; cancelling the stream kills ffmpeg from the cancelling side, so both end at once
+    rather than when the next bytes (or the read timeout) come."""
+    wav, _ = mix
+    before = {p.pid for p in child_processes()}
+    options = PipelineOptions(transcribe=FAST, chunk_seconds=2.0)  # a read waits for 64 KB
+
+    async def go(url: str) -> float:
+        seen: list = []
+
+        async def consume():
+            source = Source(id="mix", title="mix", duration=None, media=url)  # no probe
+            async for event in transcribe_stream(source, options, InlineMapper()):
+                seen.append(event)
+
+        task = asyncio.create_task(consume())
+        while not any(isinstance(e, Meta) for e in seen):
+            await asyncio.sleep(0.05)
+        assert [p for p in child_processes() if "ffmpeg" in p.name()], "ffmpeg is reading"
+        await asyncio.sleep(1.0)  # ffmpeg and the decode thread are now waiting for bytes
+        began = time.monotonic()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return time.monotonic() - began
+
+    with MediaServer({"/mix.wav": wav}, throttle_bytes_per_s=4000) as server:
+        stopped = asyncio.run(go(server.url("/mix.wav")))
+    assert stopped < 1.0
+    assert not [t for t in threading.enumerate() if t.name == "streamscribe-decode"]
+    assert {p.pid for p in child_processes()} - before == set()
 
 
 def test_a_broken_mapper_is_a_fatal_error(tmp_path) -> None:

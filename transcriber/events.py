@@ -84,6 +84,8 @@ class Done:
     rtf: float | None
     segments: int
     failed_segments: list[int] = field(default_factory=list)
+    #: Segments a resumed run took from the earlier run's store instead of transcribing again.
+    reused_segments: int = 0
 
 
 @dataclass

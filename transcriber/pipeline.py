@@ -12,9 +12,9 @@
   event followed by a ``progress`` event that carries the in-order committed prefix and an ETA.
 
 Closing the generator (a client that went away) or cancelling its task stops everything within
-about a second: the decode thread is told to stop and closes ffmpeg, the map is closed (its
-queued jobs are dropped) and nothing of this job keeps running but a segment already inside an
-engine.
+about a second: the decode thread is told to stop and ffmpeg is killed at once (so even a read
+blocked on a stalled network returns), the map is closed (its queued jobs are dropped) and
+nothing of this job keeps running but a segment already inside an engine.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class _DecodeFeed:
                 self.source,
                 chunk_seconds=self.options.chunk_seconds,
                 max_seconds=self.options.max_duration,  # raises TooLong past it
+                stop=self.stop,  # kills ffmpeg when the job stops, even mid-read
             )
             for segment in segment_stream(self._counted(chunks), self.options.segment):
                 self.cut += 1
@@ -159,12 +160,16 @@ class _Tally:
     first_dispatch: float | None = None
     first_segment: float | None = None
     first_any_segment: float | None = None
+    #: Segments taken from ``completed=`` instead of being transcribed again.
+    reused: int = 0
 
     def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
         self.finished.add(event.index)
         self.audio_done += event.end - event.start
         if fresh:
             self.fresh_audio += event.end - event.start
+        else:
+            self.reused += 1
         while self.committed in self.finished:
             self.committed += 1
 
@@ -375,6 +380,7 @@ async def transcribe_stream(
             rtf=round(wall / audio, 4) if audio > 0 else None,
             segments=feed.cut,
             failed_segments=sorted(tally.failed),
+            reused_segments=tally.reused,
         )
     finally:
         pump_task.cancel()

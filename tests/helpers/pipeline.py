@@ -142,11 +142,15 @@ class HeldBack(Recording):
             yield result
 
 
-def child_processes() -> list[psutil.Process]:
-    """Live descendants of this process, except multiprocessing's resource tracker (one per
-    process, started by the first spawn, ending with this process; it runs no work)."""
+def child_processes(pid: int | None = None) -> list[psutil.Process]:
+    """Live descendants of this process (or of ``pid``), except multiprocessing's resource
+    tracker (one per process, started by the first spawn, ending with it; it runs no work)."""
     alive = []
-    for proc in psutil.Process().children(recursive=True):
+    try:
+        found = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for proc in found:
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
