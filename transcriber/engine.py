@@ -193,17 +193,21 @@ def _clamped(piece: Piece, duration: float, floor: float) -> Piece:
 
 
 def apply_guards(pieces: list[Piece], options: TranscribeOptions, duration: float) -> list[Piece]:
-    """Drop what whisper's hallucination tests reject, cut decoding loops, clamp the times.
+    """Drop what whisper's no-speech test rejects, cut decoding loops, clamp the times.
 
     - no speech: ``no_speech_prob > no_speech_threshold`` and ``avg_logprob <
       log_prob_threshold`` (whisper's rule for skipping a window);
-    - gibberish loop: ``compression_ratio > compression_ratio_threshold``;
     - no words: a piece that is empty or punctuation only (" ." is tiny.en's answer to noise);
     - repetition: an n-gram repeated back to back more than :data:`MAX_NGRAM_REPEATS` times
       becomes one copy; more than :data:`MAX_PIECE_REPEATS` identical pieces in a row become one;
     - timestamps: inside ``[0, duration]`` and monotonic.
 
-    (The engines also cap each decode at :func:`token_budget` tokens, which bounds a loop's cost.)
+    A high ``compression_ratio`` drops nothing, as in whisper: there it only asks for the next
+    temperature, and the last try's text is kept. Dropping it lost real repeated speech (the
+    same sentence twice in one window compresses past 2.4: JFK said twice came back empty in
+    one run and whole in the next, as the sampled fallback went). Loops are cut by the
+    repetition rules above and bounded by :func:`token_budget`; the ratio and ``avg_logprob``
+    stay on each piece, so the sequential mode still sees the guard trip and drops its prompt.
     """
     cleaned: list[Piece] = []
     for piece in pieces:
@@ -212,11 +216,7 @@ def apply_guards(pieces: list[Piece], options: TranscribeOptions, duration: floa
             and piece.no_speech_prob > options.no_speech_threshold
             and (options.log_prob_threshold is None or piece.avg_logprob < options.log_prob_threshold)
         )
-        looping = (
-            options.compression_ratio_threshold is not None
-            and piece.compression_ratio > options.compression_ratio_threshold
-        )
-        if silent or looping:
+        if silent:
             continue
         piece = _without_loops(piece)
         if re.search(r"\w", piece.text):  # else empty or punctuation only: noise, not words
