@@ -708,14 +708,51 @@ def tripped_guard(result: SegmentResult, options: TranscribeOptions) -> bool:
     return False
 
 
-class SequentialMapper:
-    """One segment at a time, in index order, each prompted with the text before it.
+@dataclass
+class PromptCarry:
+    """The sequential mode's context, and the one place its rules live.
 
     Like whisper inside one long file: the previous segments' final text (the last
-    :data:`MAX_PROMPT_CHARS` characters) becomes the next job's ``initial_prompt``; a segment
-    that trips :func:`tripped_guard` resets it. The first job keeps the ``initial_prompt`` it
-    came with (the pipeline seeds it with stored text when resuming). Jobs must come in index
-    order; gaps (silent or resumed segments the caller kept to itself) carry the prompt over.
+    ``max_chars`` characters) becomes the next job's ``initial_prompt``; a segment that trips
+    :func:`tripped_guard` resets it; a segment with no text carries it over. The first job keeps
+    the ``initial_prompt`` it came with (the pipeline seeds it with stored text when resuming).
+
+    :class:`SequentialMapper` and the Modal GPU generator (``app/modal_app.py``) both run
+    ``job = carry.apply(job)``, transcribe, ``carry.advance(job, result)``. The fields are
+    plain, so the state can travel to a GPU container and back (``asdict`` / ``PromptCarry(**d)``).
+    """
+
+    max_chars: int = MAX_PROMPT_CHARS
+    #: The text the next job is prompted with (None: nothing yet, or reset).
+    prompt: str | None = None
+    #: False until a segment is done: until then a job keeps its own ``initial_prompt``.
+    carrying: bool = False
+
+    def apply(self, job: SegmentJob) -> SegmentJob:
+        """``job`` with the carried text as its ``initial_prompt``."""
+        if not self.carrying:
+            return job
+        options = dataclasses.replace(job.options, initial_prompt=self.prompt)
+        return dataclasses.replace(job, options=options)
+
+    def advance(self, job: SegmentJob, result: SegmentResult) -> None:
+        """Move past ``result``; ``job`` is the one :meth:`apply` returned for it."""
+        if tripped_guard(result, job.options):
+            self.prompt = None
+        elif result.text:
+            self.prompt = _bounded_prompt(f"{job.options.initial_prompt or ''} {result.text}",
+                                          self.max_chars)
+        else:
+            self.prompt = job.options.initial_prompt  # silence carries the context over
+        self.carrying = True
+
+
+class SequentialMapper:
+    """One segment at a time, in index order, each prompted with the text before it
+    (:class:`PromptCarry`, at most ``max_prompt_chars`` of it).
+
+    Jobs must come in index order; gaps (silent or resumed segments the caller kept to itself)
+    carry the prompt over.
     ``base`` runs the jobs (default: an :class:`InlineMapper`); it is borrowed, not closed,
     unless ``close_base``.
     """
@@ -732,22 +769,11 @@ class SequentialMapper:
         self.close_base = base is None if close_base is None else close_base
 
     async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
-        prompt: str | None = None
-        first = True
+        carry = PromptCarry(self.max_prompt_chars)
         async for job in jobs:
-            if not first:
-                job = dataclasses.replace(
-                    job, options=dataclasses.replace(job.options, initial_prompt=prompt)
-                )
+            job = carry.apply(job)
             result = await self._one(job)
-            if tripped_guard(result, job.options):
-                prompt = None
-            elif result.text:
-                prompt = _bounded_prompt(f"{job.options.initial_prompt or ''} {result.text}",
-                                         self.max_prompt_chars)
-            else:
-                prompt = job.options.initial_prompt  # silence carries the context over
-            first = False
+            carry.advance(job, result)
             yield result
 
     async def _one(self, job: SegmentJob) -> SegmentResult:
