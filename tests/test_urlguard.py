@@ -804,3 +804,25 @@ def test_yt_dlp_redirect_to_another_scheme_is_a_refusal(webm, target, code):
         refusal = _redirect_through_yt_dlp(srv, target)
         assert srv.paths == ["/go.webm"]
     assert refusal is not None and refusal.code == code
+
+
+def test_an_allow_list_without_youtube_or_generic_loads_no_extractor_at_all():
+    # yt-dlp reads an empty allowed_extractors as "none", not as "all": no fallback to generic.
+    with GuardedYoutubeDL({"quiet": True}, policy=GuardPolicy(allowed_hosts=("example.com",))) as ydl:
+        assert ydl._ies == {}
+
+
+@pytest.mark.parametrize(
+    "hosts, says",
+    [
+        (None, "this server transcribes YouTube links."),
+        (("youtu.be", "media.example"), "this server transcribes YouTube links and links to media.example."),
+        (("media.example",), "this server only fetches links to media.example."),
+        ((), "no links are accepted."),
+    ],
+)
+def test_a_host_refusal_says_what_is_allowed(hosts, says):
+    policy = GuardPolicy() if hosts is None else GuardPolicy(allowed_hosts=hosts)
+    err = refused("https://evil.example/a.mp3", policy)
+    assert err.code == "host_not_allowed"
+    assert str(err) == f"Links to evil.example are not allowed here: {says}"

@@ -676,8 +676,9 @@ def _probe_guarded(
     media: str, headers: dict[str, str], guard: GuardPolicy, max_bytes: int | None
 ) -> float | None:
     """The duration a direct link's header states, read through the guard from the first bytes
-    (ffmpeg on a pipe: a container that keeps its duration at the end says nothing); None when
-    unknown. A refusal raises :class:`SourceRefused`; other failures are left to decode."""
+    (ffmpeg on a pipe, which cannot seek to a duration kept at the end, nor learn a WAV's from
+    the file size: :func:`_wav_duration` reads that header itself); None when unknown. A
+    refusal raises :class:`SourceRefused`; other failures are left to decode."""
     from transcriber import urlguard
 
     limit = min(_PROBE_BYTES, max_bytes or _PROBE_BYTES)
@@ -687,6 +688,16 @@ def _probe_guarded(
         )
     except urlguard.UrlRefused as err:
         raise refused(err) from err
+    try:
+        head = download.peek(_HEAD_BYTES)
+    except urlguard.UrlRefused as err:
+        raise refused(err) from err
+    except Exception:  # noqa: BLE001 - decode reports a media that cannot be fetched
+        download.close()
+        return None
+    if (seconds := _wav_duration(head)) is not None:
+        download.close()
+        return seconds
     flags = [arg for key, value in options.items() for arg in (f"-{key}", str(value))]
     args = [ffmpeg_exe(), *_GLOBAL_ARGS, *flags, "-i", name]
     proc = subprocess.Popen(
@@ -709,6 +720,24 @@ def _probe_guarded(
         raise refused(download.error)
     probe = info.probe
     return None if probe.estimated or not probe.has_audio else probe.duration
+
+
+def _wav_duration(head: bytes) -> float | None:
+    """A RIFF/WAVE header's duration (data size / byte rate), from the file's first bytes."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(head):
+        kind, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if kind == b"fmt " and pos + 20 <= len(head):
+            byte_rate = int.from_bytes(head[pos + 16 : pos + 20], "little")
+        elif kind == b"data":
+            # 0 and 0xFFFFFFFF mean "unknown" (a WAV written while streaming).
+            if not byte_rate or size in (0, 0xFFFFFFFF):
+                return None
+            return size / byte_rate
+        pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
 
 
 def _ffmpeg():

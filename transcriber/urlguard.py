@@ -469,11 +469,8 @@ def check_url(
     policy = policy if policy is not None else GuardPolicy()
     parts = _split(url, policy)
     if not policy.any_host and parts.host not in policy.allowed_hosts:
-        shown = ", ".join(policy.allowed_hosts[:7]) + (
-            ", ..." if len(policy.allowed_hosts) > 7 else ""
-        )
         raise UrlRefused(
-            f"Links to {parts.host} are not accepted here (allowed: {shown or 'none'}).",
+            f"Links to {parts.host} are not allowed here: {_what_is_allowed(policy)}.",
             "host_not_allowed",
             url=parts.url,
         )
@@ -483,6 +480,15 @@ def check_url(
         err.url = parts.url
         raise
     return CheckedUrl(parts.url, parts.scheme, parts.host, parts.port, addresses)
+
+
+def _what_is_allowed(policy: GuardPolicy) -> str:
+    """The allow-list in words: YouTube's hosts as "YouTube", the others by name."""
+    others = [h for h in policy.allowed_hosts if h not in YOUTUBE_HOSTS]
+    shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    if len(others) < len(policy.allowed_hosts):
+        return "this server transcribes YouTube links" + (f" and links to {shown}" if others else "")
+    return f"this server only fetches links to {shown}" if others else "no links are accepted"
 
 
 def vet_media_url(
