@@ -11,11 +11,14 @@ Routes (OpenAPI at ``/docs``):
   ``GET /jobs/{id}/transcript.{txt,srt,vtt,json}``; ``DELETE /jobs/{id}``.
 - ``GET /healthz``; the page at ``/`` and its files under ``/static``.
 
-Every error is JSON ``{"detail": "..."}`` with a 4xx status (429 carries ``Retry-After``).
+Every error is JSON ``{"detail": "...", "code": "..."}`` with a 4xx status: ``detail`` is a
+sentence for people, ``code`` is stable for programs (:data:`ERROR_CODES`; a link the URL guard
+refuses carries the guard's code, e.g. ``forbidden_address``). 429 carries ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -33,10 +36,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.jobs import JobError, JobManager, JobRequest, Submitted, remove_upload
-from app.settings import ForbiddenURL, Settings
+from app.settings import Settings
 from app.sse import (
     FORMATS,
     HEARTBEAT,
@@ -53,6 +58,7 @@ from transcriber import formats
 from transcriber.engine import ENGINES
 from transcriber.events import Meta, from_dict, to_dict
 from transcriber.fanout import Mapper
+from transcriber.urlguard import UrlRefused
 
 log = logging.getLogger("streamscribe.api")
 
@@ -117,8 +123,43 @@ def _plain(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "Invalid request."
 
 
-def _http(status: int, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
-    return HTTPException(status_code=status, detail=detail, headers=headers)
+#: The ``code`` of an error response when nothing finer applies, by status.
+ERROR_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "busy",
+    500: "internal",
+}
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a stable ``code`` beside its ``detail``."""
+
+    def __init__(
+        self, status: int, detail: str, code: str | None = None, headers: dict[str, str] | None = None
+    ):
+        super().__init__(status_code=status, detail=detail, headers=headers)
+        self.code = code or ERROR_CODES.get(status, "error")
+
+
+def _http(
+    status: int, detail: str, headers: dict[str, str] | None = None, *, code: str | None = None
+) -> ApiError:
+    return ApiError(status, detail, code, headers)
+
+
+def error_response(
+    status: int, detail: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"detail": detail, "code": code or ERROR_CODES.get(status, "error")}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -131,9 +172,13 @@ class _UploadSink:
     one chunk past the limit and never sits in memory or in a temporary file.
     """
 
+    #: Bytes of all form fields together (the options are a few short words).
+    MAX_FIELD_BYTES = 4096
+
     def __init__(self, dest: Path, max_bytes: int):
         self.dest = dest
         self.max_bytes = max_bytes
+        self.field_bytes = 0
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.size = 0
@@ -172,9 +217,16 @@ class _UploadSink:
     def _headers_done(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        if self._name != "file" and self._name not in _OPTION_FIELDS:
+            raise _http(
+                422,
+                f"Unknown form field {self._name[:40]!r}: send the media as 'file', options as "
+                f"{', '.join(_OPTION_FIELDS)}.",
+                code="unknown_field",
+            )
         if self._name == "file":
             if self._file is not None:
-                raise _http(400, "Send one file only.")
+                raise _http(400, "Send one file only.", code="bad_multipart")
             self.filename = params.get(b"filename", b"upload").decode("utf-8", "replace")
             self._file = open(self.dest, "wb")  # noqa: SIM115 - closed in close()
 
@@ -183,13 +235,18 @@ class _UploadSink:
         if self._name == "file":
             self.size += len(chunk)
             if self.size > self.max_bytes:
-                raise _http(413, f"The file is larger than the {self.max_bytes // 2**20} MB limit.")
+                raise _http(
+                    413,
+                    f"The file is larger than the {self.max_bytes / 2**20:g} MB limit.",
+                    code="upload_too_large",
+                )
             self.sha256.update(chunk)
             self._file.write(chunk)
         else:
             self._value += chunk
-            if len(self._value) > 4096:
-                raise _http(413, f"The form field {self._name!r} is too long.")
+            self.field_bytes += len(chunk)
+            if self.field_bytes > self.MAX_FIELD_BYTES:
+                raise _http(413, f"The form field {self._name!r} is too long.", code="field_too_long")
 
     def _end(self) -> None:
         if self._name and self._name != "file":
@@ -204,22 +261,33 @@ async def _read_upload(request: Request, settings: Settings, content_type: str) 
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        raise _http(400, "The multipart body has no boundary.")
+        raise _http(400, "The multipart body has no boundary.", code="bad_multipart")
     max_bytes = int(settings.max_upload_mb * 2**20)
+    # The file, the option fields and the part headers: anything beyond is not an upload.
+    max_body = max_bytes + 64 * 1024
+    too_big = f"The file is larger than the {settings.max_upload_mb:g} MB limit."
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise _http(413, f"The file is larger than the {settings.max_upload_mb:g} MB limit.")
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise _http(413, too_big, code="upload_too_large")
     # uploads/<random>/<the file's own name>: the name becomes the job's title.
     folder = settings.upload_dir / uuid.uuid4().hex
     folder.mkdir(parents=True)
     dest = folder / "upload"
     sink = _UploadSink(dest, max_bytes)
     parser = MultipartParser(boundary, sink.callbacks())
+    received = 0
     try:
         # Disk writes of one network chunk are short; the parser and file stay on this thread.
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_body:
+                raise _http(413, too_big, code="upload_too_large")
             parser.write(chunk)
         parser.finalize()
+    except MultipartParseError as err:
+        sink.close()
+        remove_upload(str(dest))
+        raise _http(400, f"The multipart body is malformed ({err}).", code="bad_multipart") from None
     except BaseException:
         sink.close()
         remove_upload(str(dest))
@@ -227,9 +295,9 @@ async def _read_upload(request: Request, settings: Settings, content_type: str) 
     sink.close()
     try:
         if sink.filename is None:
-            raise _http(422, "file: a multipart upload needs a 'file' field.")
+            raise _http(422, "file: a multipart upload needs a 'file' field.", code="no_file")
         if sink.size == 0:
-            raise _http(422, "file: the uploaded file is empty.")
+            raise _http(422, "file: the uploaded file is empty.", code="empty_upload")
         options = TranscribeBody.model_validate({"url": "-", **_form_options(sink.fields)})
     except ValidationError as err:
         remove_upload(str(dest))
@@ -249,23 +317,28 @@ async def _read_upload(request: Request, settings: Settings, content_type: str) 
 
 
 def _form_options(fields: dict[str, str]) -> dict[str, Any]:
-    unknown = set(fields) - set(_OPTION_FIELDS)
-    if unknown:
-        raise _http(422, f"Unknown form field(s): {', '.join(sorted(unknown))}.")
+    # Unknown fields were refused as they arrived (_UploadSink).
     return {k: v for k, v in fields.items() if v != ""}
 
 
 async def _read_json(request: Request, settings: Settings) -> JobRequest:
     limit = settings.max_body_kb * 1024
+    too_big = f"The request body is larger than {settings.max_body_kb} KB."
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _http(413, too_big, code="body_too_large")  # refused before reading a byte of it
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _http(413, f"The request body is larger than {settings.max_body_kb} KB.")
+            raise _http(413, too_big, code="body_too_large")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _http(400, f"The body is not valid JSON ({err}).") from None
+    except (ValueError, RecursionError) as err:
+        # ValueError: bad syntax or UTF-8, or an integer over Python's digit limit;
+        # RecursionError: nesting deeper than the parser's stack.
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise _http(400, f"The body is not valid JSON ({reason}).", code="invalid_json") from None
     try:
         parsed = TranscribeBody.model_validate(data)
     except ValidationError as err:
@@ -285,10 +358,13 @@ async def read_job_request(request: Request) -> JobRequest:
     else:
         raise _http(415, "Send JSON (application/json) or a file upload (multipart/form-data).")
     try:
-        return job_request.resolved(settings)
-    except ForbiddenURL as err:
+        # The URL guard resolves the link's host (DNS): off the event loop.
+        return await asyncio.to_thread(job_request.resolved, settings)
+    except UrlRefused as err:
         remove_upload(job_request.upload)
-        raise _http(400, str(err)) from None
+        if err.address:
+            log.warning("refused %s: %s resolves to %s", err.code, err.url, err.address)
+        raise _http(400, str(err), code=err.code) from None
     except ValueError as err:
         remove_upload(job_request.upload)
         raise _http(422, str(err)) from None
@@ -413,19 +489,26 @@ def create_app(
     app.state.manager = manager
     auth = [Depends(require_token)]
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Ours (ApiError) and Starlette's own (unknown path 404, wrong method 405).
+        return error_response(
+            exc.status_code, str(exc.detail), getattr(exc, "code", None), exc.headers
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _plain(list(exc.errors()))}, status_code=422)
+        return error_response(422, _plain(list(exc.errors())))
 
     @app.exception_handler(JobError)
     async def _job_error(request: Request, exc: JobError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else None
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+        return error_response(exc.status, str(exc), exc.code, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "Internal server error; see the server log."}, status_code=500)
+        return error_response(500, "Internal server error; see the server log.")
 
     def stream(request: Request, events: AsyncIterator[StoredEvent], fmt: str, job_id: str,
                extra: dict[str, str] | None = None) -> StreamingResponse:
@@ -501,7 +584,9 @@ def create_app(
         header = request.headers.get("last-event-id")
         if last_event_id is None and header:
             if not header.strip().isdigit():
-                raise _http(400, "Last-Event-ID must be an event id from this stream.")
+                raise _http(
+                    400, "Last-Event-ID must be an event id from this stream.", code="bad_event_id"
+                )
             last_event_id = int(header)
         fmt = pick_format(request, format)
         events = await manager.follow(job_id, last_event_id)
@@ -512,7 +597,7 @@ def create_app(
     async def transcript(job_id: str, fmt: str) -> Response:
         """The transcript so far as a download (complete once the job is done)."""
         if fmt not in formats.FORMATS:
-            raise _http(404, f"Unknown transcript format {fmt!r}; use txt, srt, vtt or json.")
+            raise _http(404, f"Unknown transcript format {fmt[:20]!r}; use txt, srt, vtt or json.")
         record = await manager.get(job_id)
         stored = await manager.events(job_id)
         segments = formats.assemble(ev.data for ev in stored)

