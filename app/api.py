@@ -149,6 +149,11 @@ class ApiError(HTTPException):
         self.code = code or ERROR_CODES.get(status, "error")
 
 
+def _whole_number(text: str | None) -> bool:
+    """ASCII digits that fit an int64 (``str.isdigit`` also takes "²", which ``int`` refuses)."""
+    return bool(text) and len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 def _http(
     status: int, detail: str, headers: dict[str, str] | None = None, *, code: str | None = None
 ) -> ApiError:
@@ -267,7 +272,7 @@ async def _read_upload(request: Request, settings: Settings, content_type: str) 
     max_body = max_bytes + 64 * 1024
     too_big = f"The file is larger than the {settings.max_upload_mb:g} MB limit."
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body:
+    if _whole_number(declared) and int(declared) > max_body:
         raise _http(413, too_big, code="upload_too_large")
     # uploads/<random>/<the file's own name>: the name becomes the job's title.
     folder = settings.upload_dir / uuid.uuid4().hex
@@ -325,7 +330,7 @@ async def _read_json(request: Request, settings: Settings) -> JobRequest:
     limit = settings.max_body_kb * 1024
     too_big = f"The request body is larger than {settings.max_body_kb} KB."
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _whole_number(declared) and int(declared) > limit:
         raise _http(413, too_big, code="body_too_large")  # refused before reading a byte of it
     body = bytearray()
     async for chunk in request.stream():
@@ -583,7 +588,7 @@ def create_app(
         """Replay the job's events after ``Last-Event-ID`` (header or query), then follow live."""
         header = request.headers.get("last-event-id")
         if last_event_id is None and header:
-            if not header.strip().isdigit():
+            if not _whole_number(header.strip()):
                 raise _http(
                     400, "Last-Event-ID must be an event id from this stream.", code="bad_event_id"
                 )

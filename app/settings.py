@@ -199,7 +199,7 @@ class _Env:
             return default
         if ANY_HOST in items:
             return None
-        if not all(p.isdigit() and 0 < int(p) < 65536 for p in items):
+        if not all(p.isascii() and p.isdigit() and 0 < int(p) < 65536 for p in items):
             raise self._fail(name, "a comma list of port numbers, or *")
         return tuple(int(p) for p in items)
 

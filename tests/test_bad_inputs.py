@@ -357,7 +357,9 @@ def test_unknown_routes_and_methods_are_json(client):
     refusal(client.get("/jobs/../../etc/passwd"), 404, "not_found")
     refusal(client.put("/jobs", json={"url": GOOD_URL}), 405, "method_not_allowed")
     refusal(client.get("/jobs/nope/transcript.exe"), 404, "not_found")
-    refusal(client.get("/jobs/x/events", headers={"Last-Event-ID": "abc"}), 400, "bad_event_id")
+    for last_id in (b"abc", b"9" * 5000, "\u00b2".encode("latin-1"), b"-1"):  # "²" passes str.isdigit
+        refusal(client.get("/jobs/x/events", headers={"Last-Event-ID": last_id}), 400, "bad_event_id")
+    refusal(client.get("/jobs/x/events", params={"last_event_id": "9" * 5000}), 422, "invalid_request")
     refusal(client.post("/transcribe", json={"url": GOOD_URL}, headers={"Accept": "image/png"}), 406, "not_acceptable")
 
 
@@ -417,6 +419,7 @@ def test_every_forbidden_address_class_is_refused(client, traps, host, kind, lab
         ("http://[fe80::1%25eth0]/a.wav", "bad_url", "IPv6"),  # a zone id
         ("http://127.0.0.1:0/a.wav", "bad_url", "port"),
         ("http://127.0.0.1:99999/a.wav", "bad_url", "port"),
+        ("http://127.0.0.1:\u00b2/a.wav", "bad_url", "port"),  # a digit to str.isdigit, not to int()
         ("http://256.1.1.1/a.wav", "bad_url", "address"),
         ("http://1.2.3.4.5/a.wav", "bad_url", "address"),
         ("http://no-such-host.invalid/a.wav", "unresolvable", "Cannot find the host"),

@@ -446,7 +446,8 @@ def _split(url: object, policy: GuardPolicy) -> _Parts:
             # A name ending in a number is an address to browsers and resolvers alike.
             raise _bad("The link's address is not a valid IPv4 address.", text)
     if port_text:
-        if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
+        digits = port_text.isascii() and port_text.isdigit()  # not "²", which int() refuses
+        if not digits or len(port_text) > 5 or not 0 < int(port_text) < 65536:
             raise _bad("The link's port is not valid.", text)
         port = int(port_text)
     else:
@@ -911,7 +912,7 @@ class MediaDownload:
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
         if response.status_code == 206 and match and match.group(3) != "*":
             self.size = int(match.group(3))
-        elif response.status_code == 200 and response.headers.get("Content-Length", "").isdigit():
+        elif response.status_code == 200 and re.fullmatch(r"[0-9]+", response.headers.get("Content-Length", "")):
             self.size = int(response.headers["Content-Length"])
 
     def _pieces(self, response: requests.Response) -> Iterator[bytes]:
