@@ -28,7 +28,12 @@ Residual risks, accepted and documented:
 
 - Containers that need seeking (MP4 with the ``moov`` atom at the end) cannot be decoded from
   a pipe (ffmpeg decodes nothing); YouTube's audio formats (WebM/Opus, DASH M4A) stream fine.
-  Such a file can be downloaded with :meth:`MediaDownload.copy_to` into a temporary file.
+  :func:`transcriber.media.decode` spots such a file from its first boxes
+  (:meth:`MediaDownload.peek`) and downloads it to a temporary file first, within the byte
+  limit; its first text then waits for the whole download.
+- On a pipe ffmpeg states no duration for containers that keep it at the end or derive it from
+  the file size (Ogg, MP3 without a header; WAV is read from its own header): for those the
+  duration limit holds while decoding rather than before the download.
 - HTTP proxies are switched off under the guard: through a proxy the address check would see
   the proxy, not the target.
 - Connections made outside these two clients (a library that opens its own sockets) are not
