@@ -8,7 +8,9 @@ The same product as ``app.local``, split over two kinds of container:
 * ``Transcriber`` (GPU): a class whose ``@modal.enter`` loads the Whisper model once per
   container (weights cached on a ``modal.Volume``) and whose ``transcribe`` method runs
   :func:`transcriber.fanout.run_job_retrying` — the very function the local workers run — on one
-  segment's audio, returning its pieces with absolute timestamps.
+  segment's audio, returning its pieces with absolute timestamps. Its generator method
+  ``transcribe_sequential`` serves the sequential mode: segments in order on one container,
+  each prompted with the text before it, each result streamed back as it is done.
 
 Jobs and their events live in a ``modal.Dict`` (:class:`app.modal_store.ModalDictStore`), so
 they outlive the web container; uploads live on a second Volume.
@@ -47,13 +49,13 @@ job itself runs as an asyncio task in the (single) web container.
 import dataclasses
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import modal
 
-from app.modal_mapper import ModalMapper, decode_job, encode_result
+from app.modal_mapper import ModalMapper, decode_job, encode_result, transcribe_in_order
 from app.settings import ENV_PREFIX, Settings, _Env
 from app.store import Store
 from transcriber.fanout import Mapper
@@ -207,6 +209,8 @@ data_volume = modal.Volume.from_name(DATA_VOLUME, create_if_missing=True)
     retries=modal.Retries(max_retries=2, backoff_coefficient=2.0, initial_delay=1.0),
     # One segment takes seconds on a GPU even with whisper's temperature fallback (up to six
     # decodes); three minutes means something hangs, and the retry gets a fresh container.
+    # A transcribe_sequential call gets the same 180 s for at most 8 segments
+    # (ModalSequentialMapper.max_batch), which is still ample.
     timeout=180,
     # Container start includes the first download of the weights (large-v3: 3 GB) to the Volume.
     startup_timeout=20 * 60,
@@ -219,7 +223,8 @@ data_volume = modal.Volume.from_name(DATA_VOLUME, create_if_missing=True)
     scaledown_window=120,
 )
 class Transcriber:
-    """One Whisper model per container; ``transcribe`` does one segment.
+    """One Whisper model per container; ``transcribe`` does one segment, ``transcribe_sequential``
+    several in order.
 
     Batching: each input is one segment, decoded by ``run_job_retrying`` like every local
     worker, with whisper's temperature fallback and hallucination guards. We do not use
@@ -257,6 +262,15 @@ class Transcriber:
         from transcriber.fanout import run_job_retrying
 
         return encode_result(run_job_retrying(decode_job(payload, self.config)))
+
+    @modal.method()
+    def transcribe_sequential(self, payloads: list[dict], carry: dict) -> Iterator[dict]:
+        """Segment payloads in index order, each prompted with the text before it, starting from
+        ``carry`` (a :class:`~transcriber.fanout.PromptCarry` as a dict); yields each result
+        payload, with the prompt state after it, the moment it is done. A generator, so the CPU
+        side iterates it with ``remote_gen.aio`` (:class:`app.modal_mapper.ModalSequentialMapper`).
+        """
+        yield from transcribe_in_order(payloads, carry, self.config)
 
 
 # -- the web endpoint ----------------------------------------------------------------------------

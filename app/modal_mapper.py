@@ -10,7 +10,10 @@ Two things live here, both shared by the CPU web container and the GPU container
   our dataclasses) cross the wire so a container built from an older commit still reads them.
 * :class:`ModalMapper`, the :class:`~transcriber.fanout.Mapper` that sends the payloads with
   ``Transcriber(engine=..., model=...).transcribe.map.aio(..., order_outputs=False,
-  return_exceptions=True)`` and turns what comes back into ``SegmentResult``\\s.
+  return_exceptions=True)`` and turns what comes back into ``SegmentResult``\\s;
+* the sequential mode's two halves: :func:`transcribe_in_order`, the body of the GPU generator
+  ``Transcriber.transcribe_sequential``, and :class:`ModalSequentialMapper`, which iterates it
+  with ``remote_gen.aio``.
 
 This module and ``app/modal_app.py`` are the only ones that touch Modal; the codec itself
 needs nothing from it, which is what lets tests run the GPU method's body through ``.local()``.
@@ -19,7 +22,7 @@ needs nothing from it, which is what lets tests run the GPU method's body throug
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import asdict, fields
 from typing import Any, Protocol
 
@@ -27,7 +30,7 @@ import numpy as np
 
 from transcriber import SAMPLE_RATE
 from transcriber.engine import EngineConfig, Piece, TranscribeOptions, Word
-from transcriber.fanout import SegmentJob, SegmentResult
+from transcriber.fanout import MAX_PROMPT_CHARS, PromptCarry, SegmentJob, SegmentResult
 
 #: Bumped when the payload layout changes incompatibly; a mismatch is an error, not a guess.
 PAYLOAD_VERSION = 1
@@ -42,14 +45,19 @@ class PayloadError(ValueError):
 # -- codec -------------------------------------------------------------------------------------
 
 
+#: ffmpeg's scale between int16 and float samples: audio decoded from a 16-bit source (most
+#: sources) crosses the wire exactly, so a GPU container sees what a local worker sees.
+PCM_SCALE = 32768.0
+
+
 def encode_pcm(audio: np.ndarray) -> bytes:
     """float32 in [-1, 1] -> little-endian int16 bytes (the decoder's own sample format)."""
-    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    return np.round(clipped * 32767.0).astype("<i2").tobytes()
+    scaled = np.round(np.asarray(audio, dtype=np.float32) * PCM_SCALE)
+    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
 
 
 def decode_pcm(pcm: bytes) -> np.ndarray:
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / PCM_SCALE
 
 
 def encode_job(job: SegmentJob) -> dict[str, Any]:
@@ -128,6 +136,35 @@ def decode_result(payload: dict[str, Any]) -> SegmentResult:
         raise PayloadError(f"malformed result payload: {err}") from err
 
 
+def _decode_carry(state: Any) -> PromptCarry:
+    if not isinstance(state, dict):
+        raise PayloadError(f"expected the prompt state as a dict, got {type(state).__name__}")
+    try:
+        return PromptCarry(**_known(PromptCarry, state))
+    except TypeError as err:
+        raise PayloadError(f"malformed prompt state: {err}") from err
+
+
+def transcribe_in_order(
+    payloads: Iterable[dict[str, Any]], carry: dict[str, Any], engine: EngineConfig
+) -> Iterator[dict[str, Any]]:
+    """The GPU side of the sequential mode: segments one after another on this container.
+
+    Each segment is prompted with the text before it by the same :class:`PromptCarry` rules as
+    the local :class:`~transcriber.fanout.SequentialMapper`, starting from ``carry`` (the state
+    the previous call ended with), and its result payload is yielded the moment it is done,
+    with the state after it under ``"carry"`` for the next call to start from.
+    """
+    from transcriber.fanout import run_job_retrying
+
+    state = _decode_carry(carry)
+    for payload in payloads:
+        job = state.apply(decode_job(payload, engine))
+        result = run_job_retrying(job)
+        state.advance(job, result)
+        yield {**encode_result(result), "carry": asdict(state)}
+
+
 # -- the mapper --------------------------------------------------------------------------------
 
 
@@ -165,11 +202,9 @@ class ModalMapper:
     cancelling its consumer) closes Modal's map: nothing more is sent and nothing more is
     awaited; a segment already running on a GPU finishes there and its result is dropped.
 
-    ``mode="sequential"`` works through :func:`transcriber.fanout.mapper_for_mode`, which wraps
-    this mapper in a ``SequentialMapper`` (one single-segment map per segment, the prompt in
-    each payload's options). A ``sequential()`` method returning a ``remote_gen`` mapper (one
-    GPU generator call streaming the whole job) is where the sequential mode's own Modal path
-    plugs in.
+    ``mode="sequential"``: :func:`transcriber.fanout.mapper_for_mode` asks :meth:`sequential`
+    for the :class:`ModalSequentialMapper` on the same class (one GPU generator streaming
+    segments in order), so a web app holds one ModalMapper and serves both modes.
     """
 
     def __init__(self, transcriber_cls: Any, *, max_in_flight: int = 32):
@@ -246,5 +281,147 @@ class ModalMapper:
         finally:
             await stream.aclose()
 
+    def sequential(self) -> ModalSequentialMapper:
+        """The sequential mode on the same ``Transcriber`` class (see :func:`mapper_for_mode`)."""
+        return ModalSequentialMapper(self.transcriber_cls)
+
     async def aclose(self) -> None:
         """Nothing to release here: Modal scales the GPU containers down by itself."""
+
+
+class _GenMethod(Protocol):
+    """The slice of a generator ``modal.Function`` the sequential mapper uses."""
+
+    def aio(self, payloads: list[dict], carry: dict) -> AsyncIterator[Any]: ...
+
+
+#: Marks the end of the jobs in :class:`ModalSequentialMapper`'s buffer.
+_END = object()
+
+
+class ModalSequentialMapper:
+    """Sequential mode on Modal: ``Transcriber(...).transcribe_sequential.remote_gen.aio``.
+
+    One GPU generator call transcribes segments in order on one container, each prompted with
+    the text before it (:func:`transcribe_in_order`), and yields each result as it is done.
+    Segments, though, arrive while the source is still decoding, and a generator cannot be fed
+    more input once called. Sending the whole job in one call would wait for the end of the
+    decode (a 2-hour download) before the first word. So the segments are sent in *chunks of
+    what is ready*, and the prompt state travels from call to call: jobs are pulled into a
+    buffer as they come; each call takes everything waiting (at least one segment, at most
+    ``max_batch``), starting from the :class:`PromptCarry` the previous call's last result came
+    back with. While the decoder is the slow side, calls hold one segment and text follows each
+    segment's decode at once; while the GPU is, calls fill to ``max_batch`` and a call's cost
+    (scheduling it, perhaps on another warm container, which the carried state makes harmless)
+    is paid once per batch. ``max_batch`` = 8 keeps a call far inside the class's 180 s timeout
+    (8 x 30 s of audio, ~1 s each on a GPU, 20 s even for a full temperature fallback) and
+    bounds what a cancelled job leaves running, and the buffer bounds memory: at most
+    ``2 x max_batch`` segments of audio are held here.
+
+    The carried text is the GPU's: each result payload brings the state after it, so this side
+    never re-derives it. A call that fails (a container lost after Modal's retries, an input
+    timeout) fails the segment it was on (the first one not answered), which becomes an error
+    result and resets the prompt, as a failed segment does locally; the segments after it go
+    out again in the next call. Results that a call Modal retried replays are skipped by index.
+    Closing the returned generator closes the call and stops pulling jobs; the segment running
+    on the GPU finishes there and its result is dropped.
+
+    Every job of one map uses the first job's engine config (one pipeline run has one engine).
+    """
+
+    def __init__(
+        self,
+        transcriber_cls: Any,
+        *,
+        max_batch: int = 8,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
+    ):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.transcriber_cls = transcriber_cls
+        self.max_batch = max_batch
+        self.max_prompt_chars = max_prompt_chars
+
+    def _method(self, config: EngineConfig) -> _GenMethod:
+        instance = self.transcriber_cls(engine=config.engine, model=config.model)
+        return instance.transcribe_sequential.remote_gen
+
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+        source = aiter(jobs)
+        buffer: asyncio.Queue[Any] = asyncio.Queue()  # jobs, then _END or the source's error
+        room = asyncio.Semaphore(self.max_batch)
+
+        async def pull() -> None:
+            try:
+                while True:
+                    await room.acquire()
+                    job = await anext(source, None)
+                    if job is None:
+                        break
+                    buffer.put_nowait(job)
+            except Exception as err:  # the caller's job source broke: the map raises it
+                buffer.put_nowait(err)
+            else:
+                buffer.put_nowait(_END)
+
+        puller = asyncio.create_task(pull())
+        carry = PromptCarry(self.max_prompt_chars)
+        method: _GenMethod | None = None
+        try:
+            ended = False
+            while not ended:
+                chunk: list[SegmentJob] = []
+                item = await buffer.get()
+                while True:
+                    if item is _END:
+                        ended = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    room.release()
+                    chunk.append(item)
+                    if len(chunk) == self.max_batch or buffer.empty():
+                        break
+                    item = buffer.get_nowait()
+                if not chunk:
+                    continue
+                method = method or self._method(chunk[0].engine)
+                async for result in self._run(method, chunk, carry):
+                    yield result
+        finally:
+            puller.cancel()
+            await asyncio.gather(puller, return_exceptions=True)
+            if hasattr(source, "aclose"):
+                await source.aclose()
+
+    async def _run(
+        self, method: _GenMethod, chunk: list[SegmentJob], carry: PromptCarry
+    ) -> AsyncIterator[SegmentResult]:
+        """One chunk's results in order, ``carry`` kept up to date; after a failure, another
+        call for the segments still unanswered."""
+        todo = list(chunk)
+        while todo:
+            failure: BaseException | None = None
+            stream = method.aio([encode_job(j) for j in todo], asdict(carry))
+            try:
+                async for output in stream:
+                    result = decode_result(output)
+                    if not todo or result.index != todo[0].index:
+                        continue  # a replay from a call Modal retried: already here
+                    todo.pop(0)
+                    after = _decode_carry(output.get("carry"))
+                    carry.prompt, carry.carrying = after.prompt, after.carrying
+                    yield result
+            except Exception as err:  # Modal raises what the call raised after its retries
+                failure = err
+            finally:
+                await stream.aclose()
+            if todo:
+                lost = carry.apply(todo.pop(0))
+                failure = failure or RuntimeError("the GPU call ended before this segment")
+                result = SegmentResult(lost.index, lost.start, lost.end, error=_failure_message(failure))
+                carry.advance(lost, result)  # a failed segment resets the prompt
+                yield result
+
+    async def aclose(self) -> None:
+        """Nothing to release: the generator calls end with their map."""

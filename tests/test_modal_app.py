@@ -299,11 +299,13 @@ def test_transcribe_sequential_local_streams_segments_in_order_carrying_the_prom
     assert carries[1]["prompt"] is None  # the guard tripped: nothing carried past it
     assert carries[2]["prompt"] == results[2].text
 
-    # A later call starts from the state the previous one ended with, bounded as asked.
-    state = {"max_chars": 60, "prompt": carries[0]["prompt"], "carrying": True}
-    (out,) = gpu.transcribe_sequential.local([encode_job(segments[2])], state)
+    # A later call starts from the state the previous one ended with (here: after segment 0, so
+    # segment 2 is prompted with segment 0's text), bounded to the state's max_chars.
+    (out,) = gpu.transcribe_sequential.local([encode_job(segments[2])], carries[0])
+    assert out["carry"]["prompt"] == f"{results[0].text} {decode_result(out).text}"
+    (out,) = gpu.transcribe_sequential.local([encode_job(segments[2])], {**carries[0], "max_chars": 60})
     prompt = out["carry"]["prompt"]
-    assert len(prompt) <= 60 and prompt.endswith(decode_result(out).text[-40:])
+    assert 40 <= len(prompt) <= 60 and decode_result(out).text.endswith(prompt)
 
 
 def test_transcribe_local_skips_a_silent_segment_and_reports_a_bad_model():

