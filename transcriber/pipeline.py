@@ -14,7 +14,8 @@
 Closing the generator (a client that went away) or cancelling its task stops everything within
 about a second: the decode thread is told to stop and ffmpeg is killed at once (so even a read
 blocked on a stalled network returns), the map is closed (its queued jobs are dropped) and
-nothing of this job keeps running but a segment already inside an engine.
+nothing of this job keeps running but a segment already inside an engine, which finishes or,
+with ``abandon="kill"``, is stopped by killing its worker (see :data:`~transcriber.fanout.ABANDON`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 from transcriber import SAMPLE_RATE, media
 from transcriber.engine import EngineConfig, TranscribeOptions
 from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, SegmentFailed
-from transcriber.fanout import MODES, Mapper, SegmentJob, SegmentResult, mapper_for_mode
+from transcriber.fanout import ABANDON, MODES, Mapper, SegmentJob, SegmentResult, mapper_for_mode
 from transcriber.media import MediaError, Source
 from transcriber.segment import Segment, SegmentOptions, segment_stream
 
@@ -60,8 +61,10 @@ class PipelineOptions:
     #: ``allowed_extractors``...). Ignored when the source is already a :class:`Source`.
     resolve_options: dict[str, Any] = field(default_factory=dict)
     #: Segments decoded ahead of the workers before decoding pauses (memory bound: at most
-    #: this many × ``segment.max_seconds`` of 16 kHz float32 audio; 32 × 30 s ≈ 61 MB).
-    buffer_segments: int = 32
+    #: this many × ``segment.max_seconds`` of 16 kHz float32 audio; 8 × 30 s ≈ 15 MB). Eight
+    #: keep a local pool busy (it takes ~1 s per segment while ffmpeg decodes 30 s in
+    #: milliseconds); 32 held 55 MB more in long jobs than in a 10-minute one.
+    buffer_segments: int = 8
     #: Size of ffmpeg reads, seconds; the decode thread notices a stop between two reads.
     chunk_seconds: float = 0.5
 
@@ -249,6 +252,7 @@ async def transcribe_stream(
     mapper: Mapper,
     *,
     completed: Mapping[int, SegmentDone] | None = None,
+    abandon: str = "finish",
 ) -> AsyncIterator[Event]:
     """Meta, then SegmentDone/SegmentFailed/Progress as they happen, then Done (or Failed).
 
@@ -257,7 +261,14 @@ async def transcribe_stream(
     options already finished (a store's): they are sent again as they are cut, without being
     transcribed again. A fatal problem (media that cannot be read, a source too long, a
     mapper that broke) ends the stream with ``Failed``; every segment sent before it stays valid.
+
+    ``abandon`` (:data:`~transcriber.fanout.ABANDON`) is what becomes of segments already inside
+    an engine when the stream is closed early: ``finish`` (the worker stays warm for the next
+    job; cheaper where a model load costs more than the rest of a segment, as on a GPU) or
+    ``kill`` (the work stops within a second, for one model load).
     """
+    if abandon not in ABANDON:
+        raise ValueError(f"unknown abandon policy {abandon!r}; choose one of {', '.join(ABANDON)}")
     started = time.monotonic()
     if options.mode not in MODES:
         yield Failed(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}", "bad_option")
@@ -326,6 +337,7 @@ async def transcribe_stream(
                 audio=segment.samples,
                 engine=options.engine,
                 options=transcribe,
+                abandon=abandon,
             )
 
     async def pump() -> None:
