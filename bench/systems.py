@@ -83,7 +83,7 @@ class System:
     name: str
     description: str
     command: CommandBuilder
-    #: False for a system too slow to run more than once under ``--repeat``.
+    #: False for a system run once under ``--repeat`` (slow, or there for context only).
     repeatable: bool = True
 
 
@@ -158,6 +158,7 @@ def all_systems() -> dict[str, System]:
                 "streamscribe-sequential",
                 "as streamscribe, with --mode sequential",
                 _streamscribe_with("--mode", "sequential"),
+                repeatable=False,
             ),
             # Analysis only: whole-file decoding without the previous window's text as prompt,
             # which separates what segmenting costs from what carried context gains.
@@ -165,6 +166,7 @@ def all_systems() -> dict[str, System]:
                 "faster-whisper-nocond",
                 "as faster-whisper, with condition_on_previous_text=False",
                 _whole_file("faster-whisper", "--no-condition"),
+                repeatable=False,
             ),
         )
     }
