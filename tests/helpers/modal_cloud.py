@@ -10,7 +10,8 @@ for is only the transport:
   order_outputs=False, return_exceptions=True)`` as Modal serves it — inputs spread over a few
   "containers" (threads), results in completion order, an input that fails after Modal's
   retries returned as a bare exception *value* (no index), and closing the stream stops
-  sending inputs. Tests steer the completion order with per-index delays or gates.
+  sending inputs. Tests steer the completion order with per-index delays, gates, or ``after``
+  (a segment starts only once another one's result is out).
   The same object serves ``.transcribe_sequential.remote_gen.aio(payloads, carry)`` as Modal
   serves a generator call: one "container" (a fresh instance, a thread) runs the real generator
   method through ``.local()``, each yielded item comes back pickled the moment it is yielded,
@@ -22,9 +23,10 @@ for is only the transport:
 
 Usage::
 
-    cloud = MapCloud(Transcriber, containers=2, delays={0: 0.5}, failures={1: TimeoutError()})
+    cloud = MapCloud(Transcriber, containers=2, delays={0: 0.5}, failures={1: TimeoutError()},
+                     after={2: 0})                 # segment 2 waits for segment 0's result
     mapper = ModalMapper(cloud)            # cloud(engine=..., model=...) like the real class
-    cloud.started, cloud.map_calls, cloud.closed
+    cloud.started, cloud.finished, cloud.map_calls, cloud.closed
     cloud.gen_calls                        # [{"indices": [...], "carry": {...}}] per remote_gen call
 
     store = ModalDictStore(DictCloud())
@@ -51,12 +53,17 @@ class MapCloud:
         delays: dict[int, float] | None = None,
         gates: dict[int, threading.Event] | None = None,
         failures: dict[int, BaseException] | None = None,
+        after: dict[int, int] | None = None,
     ):
         self.real_cls = real_cls
         self.containers = containers
         self.delays = delays or {}
         self.gates = gates or {}
         self.failures = failures or {}
+        #: ``{i: j}``: segment i starts only once segment j's result is out (``.map`` only).
+        self.after = after or {}
+        #: Indices whose result (or failure) a "container" handed back, in order (``.map``).
+        self.finished: list[int] = []
         #: The class parameters each instance was made with.
         self.instances: list[dict[str, Any]] = []
         #: The keyword arguments of every ``map.aio`` call.
@@ -102,6 +109,7 @@ class MapCloud:
             except Exception as err:  # Modal returns what the input raised after its retries
                 outcome = err
             finally:
+                self.finished.append(payload["index"])
                 containers.put_nowait(container)
             await done.put(outcome)
 
@@ -140,10 +148,15 @@ class MapCloud:
 
 
     def _reach(self, index: int) -> None:
-        """A "container" starts on segment ``index``: its gate, delay and failure apply here."""
+        """A "container" starts on segment ``index``: its gate, turn, delay and failure apply."""
         gate = self.gates.get(index)
         if gate is not None and not gate.wait(timeout=60):
             raise AssertionError(f"gate for segment {index} never opened")
+        deadline = time.monotonic() + 60
+        while index in self.after and self.after[index] not in self.finished:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"segment {self.after[index]} never finished before {index}")
+            time.sleep(0.01)
         time.sleep(self.delays.get(index, 0.0))
         if index in self.failures:
             raise self.failures[index]
