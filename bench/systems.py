@@ -129,7 +129,7 @@ def _whole_file(engine: str, *extra: str) -> CommandBuilder:
 
 
 #: Systems run by default, in this order; the others run when named in ``--systems``.
-DEFAULT_SYSTEMS = ("streamscribe", "faster-whisper", "openai-whisper")
+DEFAULT_SYSTEMS = ("streamscribe", "faster-whisper", "openai-whisper", "streamscribe-sequential")
 
 
 def all_systems() -> dict[str, System]:
