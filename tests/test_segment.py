@@ -96,6 +96,22 @@ def test_jfk_cuts_land_in_its_pauses(speech):
         assert (level[frame - 5 : frame + 5] <= 1.5 * quiet).all(), f"cut at {s.end:.2f}s"
 
 
+def test_first_segment_has_its_own_shorter_maximum(long_speech):
+    """``first_max_seconds`` bounds only the first segment (so the first text comes sooner);
+    it is still cut in a quiet place, and the rest keep the normal maximum."""
+    options = SegmentOptions(first_max_seconds=12.0)
+    segments = list(segment_stream(chunked(long_speech, SAMPLE_RATE), options))
+    check_coverage(segments, long_speech, options)
+    first, rest = segments[0], segments[1:]
+    assert first.end - first.start <= 12.0 + 1e-9
+    assert max(s.end - s.start for s in rest) > 12.0  # the others may use the full window
+    median = float(np.median(window_rms(long_speech)))
+    around = long_speech[max(0, first.end_sample - 800) : first.end_sample + 800]
+    assert rms(around) < 0.5 * median, f"first cut at {first.end:.2f}s is in loud audio"
+    default = list(segment_stream(chunked(long_speech, SAMPLE_RATE), SegmentOptions()))
+    assert default[0].end - default[0].start > 12.0  # without it, the first one is longer
+
+
 def test_result_does_not_depend_on_chunk_size(long_speech):
     reference = [(s.start_sample, s.end_sample, s.silent) for s in segment_stream([long_speech], SHORT)]
     for size in (37, 1600, 16000, 100_000):
