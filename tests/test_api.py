@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tests.helpers.media_files import cache_dir, ffmpeg
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import wer
 from tests.helpers.server import LOOPBACK_GUARD_SETTINGS, ServiceProcess, ServiceThread
-from tests.helpers.sse import Comment, Event, parse_sse
+from tests.helpers.sse import Event, EventStream
 from transcriber import formats
 from transcriber.fanout import InlineMapper
 from transcriber.urlguard import UrlRefused, check_url, extractor_names
@@ -105,56 +104,9 @@ def throttle_realtime(media: MediaServer, path: Path, speed: float) -> None:
 # -- reading streams ---------------------------------------------------------------------------
 
 
-class Stream:
-    """One SSE response read in a thread: events with arrival times, comments, headers."""
-
-    def __init__(self, svc, method: str, path: str, *, stop_after=None, **kwargs):
-        self.events: list[tuple[float, Event]] = []
-        self.comments: list[Comment] = []
-        self.headers: httpx.Headers | None = None
-        self.status: int | None = None
-        self.started = time.monotonic()
-        self.error: BaseException | None = None
-        self._stop_after = stop_after
-        self.closed_early = False
-        self._thread = threading.Thread(target=self._read, args=(svc, method, path, kwargs), daemon=True)
-        self._thread.start()
-
-    def _read(self, svc, method, path, kwargs) -> None:
-        try:
-            with httpx.stream(method, svc.url(path), timeout=STREAM, **kwargs) as r:
-                self.headers, self.status = r.headers, r.status_code
-                if r.status_code != 200:
-                    r.read()
-                    return
-                for item in parse_sse(r.iter_text()):
-                    if isinstance(item, Comment):
-                        self.comments.append(item)
-                        continue
-                    self.events.append((time.monotonic() - self.started, item))
-                    if self._stop_after is not None and self._stop_after(item):
-                        self.closed_early = True
-                        return  # leaving the with-block drops the connection
-        except BaseException as err:  # noqa: BLE001 - surfaced by join()
-            self.error = err
-
-    def join(self, timeout: float = 180.0) -> Stream:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the stream did not end in time"
-        if self.error is not None:
-            raise self.error
-        return self
-
-    @property
-    def types(self) -> list[str]:
-        return [e.event for _, e in self.events]
-
-    def first(self, kind: str) -> tuple[float, Event]:
-        return next((t, e) for t, e in self.events if e.event == kind)
-
-    def text(self) -> str:
-        segs = sorted((e.json() for _, e in self.events if e.event == "segment"), key=lambda s: s["index"])
-        return " ".join(s["text"] for s in segs)
+def Stream(svc, method: str, path: str, *, stop_after=None, **request) -> EventStream:  # noqa: N802
+    """The service's SSE response at ``path``, read in a thread (stop_after: hang up after it)."""
+    return EventStream(svc.url(path), method, leave=stop_after, **request)
 
 
 def wait_for(predicate, timeout: float = 60.0, step: float = 0.1):
@@ -287,7 +239,7 @@ def test_transcribe_streams_sse_per_spec(svc, media):
     assert s.status == 200
     assert s.headers["content-type"].startswith("text/event-stream")
     assert s.headers["cache-control"] == "no-cache" and s.headers["x-accel-buffering"] == "no"
-    events = [e for _, e in s.events]
+    events = s.events
     assert_sequence(events)
     assert events[-1].event == "done" and events[0].retry == 2000
     meta = events[0].json()
@@ -357,11 +309,11 @@ def test_events_arrive_progressively_and_resume_after_reconnect(svc, media, clie
     first = Stream(svc, "GET", job["events_url"], stop_after=first_segment).join()
     assert first.closed_early
     t_first, _ = first.first("segment")
-    last_id = first.events[-1][1].id
+    last_id = first.events[-1].id
 
     # Reconnect with Last-Event-ID: the rest, from the next id on, then live until the end.
     rest = Stream(svc, "GET", job["events_url"], headers={"Last-Event-ID": last_id}).join()
-    events = [e for _, e in first.events] + [e for _, e in rest.events]
+    events = first.events + rest.events
     assert_sequence(events)  # no duplicate, no gap across the reconnect
     assert events[-1].event == "done", events[-1].data
     done = events[-1].json()
@@ -377,9 +329,9 @@ def test_events_arrive_progressively_and_resume_after_reconnect(svc, media, clie
 
     # ?last_event_id= replays from the store after the job ended; the full replay is identical.
     tail = Stream(svc, "GET", f"{job['events_url']}?last_event_id=2").join()
-    assert [e.id for _, e in tail.events] == [e.id for e in events[2:]]
+    assert [e.id for e in tail.events] == [e.id for e in events[2:]]
     whole = Stream(svc, "GET", job["events_url"]).join()
-    assert [(e.id, e.event, e.data) for _, e in whole.events] == [(e.id, e.event, e.data) for e in events]
+    assert [(e.id, e.event, e.data) for e in whole.events] == [(e.id, e.event, e.data) for e in events]
     view = client.get(f"/jobs/{job['id']}").json()
     assert view["status"] == "done" and len(view["segments"]) == done["segments"]
     assert [s["index"] for s in view["segments"]] == list(range(done["segments"]))
@@ -398,7 +350,7 @@ def test_cancel_stops_the_work_and_workers_stay_healthy(svc, media, client, long
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     stream.join(30)
     assert stream.types[-1] == "error"
-    assert stream.events[-1][1].json()["code"] == "cancelled"
+    assert stream.events[-1].json()["code"] == "cancelled"
     # No further events, the download stopped, the workers are the same healthy processes.
     count = len(client.get(f"/jobs/{job['id']}").json()["segments"])
     time.sleep(0.5)
@@ -406,7 +358,7 @@ def test_cancel_stops_the_work_and_workers_stay_healthy(svc, media, client, long
     time.sleep(2.0)
     view = client.get(f"/jobs/{job['id']}").json()
     assert view["status"] == "cancelled" and len(view["segments"]) == count
-    assert view["last_event_id"] == int(stream.events[-1][1].id)
+    assert view["last_event_id"] == int(stream.events[-1].id)
     assert media.bytes_sent("/long.m4a") == sent
     assert worker_pids(svc) == pids
     # Cancelling again, or a finished job, changes nothing.
@@ -452,7 +404,7 @@ def test_a_repeat_is_served_from_the_cache_instantly(svc, media, client):
     elapsed = time.monotonic() - t0
     assert created.status_code == 201 and created.headers["x-cache"] == "hit"
     assert created.json()["outcome"] == "cached" and created.json()["id"] == first.headers["x-job-id"]
-    assert [(e.id, e.data) for _, e in replay.events] == [(e.id, e.data) for _, e in first.events]
+    assert [(e.id, e.data) for e in replay.events] == [(e.id, e.data) for e in first.events]
     after = healthz(client)
     assert after["segments_transcribed"] == before["segments_transcribed"]
     assert after["jobs_started"] == before["jobs_started"] and after["cache_hits"] == before["cache_hits"] + 1
@@ -488,7 +440,7 @@ def test_upload_a_file(svc, client):
         r = client.post("/jobs", files={"file": ("my talk.wav", f, "audio/wav")}, data={"beam_size": "1"})
     assert r.status_code == 201, r.text
     job = r.json()
-    events = [e for _, e in Stream(svc, "GET", job["events_url"]).join().events]
+    events = Stream(svc, "GET", job["events_url"]).join().events
     assert events[-1].event == "done", events[-1].data
     assert events[0].json()["title"] == "my talk"
     text = " ".join(e.json()["text"] for e in events if e.event == "segment")
@@ -550,7 +502,7 @@ def test_errors_are_json_with_the_right_status(svc, media, client):
     # A source that fails is a 200 stream whose last event is an error with a stable code.
     failed = Stream(svc, "POST", "/transcribe", json={"url": media.url("/nothing-here.m4a")}).join()
     assert failed.types == ["error"]
-    assert failed.events[0][1].json()["code"] in ("not_found", "unreachable", "unavailable")
+    assert failed.events[0].json()["code"] in ("not_found", "unreachable", "unavailable")
     assert client.get("/healthz").status_code == 200
 
 
@@ -615,7 +567,7 @@ def test_a_job_over_the_wall_time_limit_is_stopped(tmp_path, media, long_m4a):
         t0 = time.monotonic()
         s = Stream(srv, "POST", "/transcribe", json={"url": media.url("/long.m4a?v=wall")}).join(60)
         assert time.monotonic() - t0 < 15
-        last = s.events[-1][1].json()
+        last = s.events[-1].json()
         assert last["type"] == "error" and last["code"] == "timeout" and "2 s limit" in last["message"]
         job = httpx.get(srv.url(f"/jobs/{s.headers['x-job-id']}")).json()
         assert job["status"] == "error"
@@ -638,13 +590,13 @@ def test_a_job_interrupted_by_a_crash_resumes_with_only_the_missing_segments(tmp
             view = c.get(f"/jobs/{job['id']}").json()
             assert view["status"] == "interrupted"
             stored, kept = view["last_event_id"], len(view["segments"])
-            assert stored >= int(first.events[-1][1].id) and kept >= 1
+            assert stored >= int(first.events[-1].id) and kept >= 1
             # The browser's EventSource reconnects with its Last-Event-ID: the job resumes.
             rest = Stream(svc, "GET", job["events_url"], headers={"Last-Event-ID": str(stored)}).join()
-            replay = [e for _, e in Stream(svc, "GET", job["events_url"]).join().events]
+            replay = Stream(svc, "GET", job["events_url"]).join().events
             stats = c.get("/healthz").json()["jobs"]
             view = c.get(f"/jobs/{job['id']}").json()
-        assert rest.types[-1] == "done", rest.events[-1][1].data
+        assert rest.types[-1] == "done", rest.events[-1].data
         assert_sequence(replay)
         indices = [e.json()["index"] for e in replay if e.event == "segment"]
         total = replay[-1].json()["segments"]

@@ -18,7 +18,6 @@ from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError
 
 from tests.conftest import DATA, reference
 from tests.helpers.faults import (
-    EventStream,
     Tree,
     healthz,
     talk_m4a,
@@ -27,6 +26,7 @@ from tests.helpers.faults import (
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import wer
 from tests.helpers.server import ServiceProcess
+from tests.helpers.sse import EventStream
 from transcriber import media as media_module
 
 SERVER_ENV = {

