@@ -720,7 +720,9 @@ def _exit_cause(exitcode: int | None) -> str:
 MAX_PROMPT_CHARS = 800
 
 
-def _bounded_prompt(text: str, limit: int = MAX_PROMPT_CHARS) -> str | None:
+def bounded_prompt(text: str, limit: int = MAX_PROMPT_CHARS) -> str | None:
+    """The last ``limit`` characters of ``text`` as a prompt (whitespace folded, never starting
+    mid-word), or None when nothing is left."""
     text = " ".join(text.split())
     if len(text) > limit:
         text = text[-limit:]
@@ -776,7 +778,7 @@ class PromptCarry:
         if tripped_guard(result, job.options):
             self.prompt = None
         elif result.text:
-            self.prompt = _bounded_prompt(f"{job.options.initial_prompt or ''} {result.text}",
+            self.prompt = bounded_prompt(f"{job.options.initial_prompt or ''} {result.text}",
                                           self.max_chars)
         else:
             self.prompt = job.options.initial_prompt  # silence carries the context over

@@ -35,7 +35,15 @@ import numpy as np
 from transcriber import SAMPLE_RATE, media
 from transcriber.engine import EngineConfig, TranscribeOptions
 from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, SegmentFailed
-from transcriber.fanout import ABANDON, MODES, Mapper, SegmentJob, SegmentResult, mapper_for_mode
+from transcriber.fanout import (
+    ABANDON,
+    MODES,
+    Mapper,
+    SegmentJob,
+    SegmentResult,
+    bounded_prompt,
+    mapper_for_mode,
+)
 from transcriber.media import MediaError, Source
 from transcriber.segment import Segment, SegmentOptions, segment_stream
 
@@ -214,11 +222,6 @@ def _segment_event(result: SegmentResult) -> SegmentDone | SegmentFailed:
     )
 
 
-def _bounded(text: str, limit: int = 800) -> str | None:
-    text = " ".join(text.split())[-limit:]
-    return text or None
-
-
 def _same_cut(done: SegmentDone, segment: Segment) -> bool:
     """A stored segment is reused only where today's segmentation cut the same span."""
     return abs(done.start - segment.start) < 1e-3 and abs(done.end - segment.end) < 1e-3
@@ -315,7 +318,7 @@ async def transcribe_stream(
             segment: Segment = item
             stored = completed.get(segment.index)
             if stored is not None and _same_cut(stored, segment):
-                seed = _bounded(f"{seed or ''} {stored.text}")
+                seed = bounded_prompt(f"{seed or ''} {stored.text}")
                 outbox.put_nowait(("stored", stored))
                 continue
             # Nothing for an engine to do in a silent segment: no need to ship the audio. In
