@@ -73,10 +73,10 @@ class Tree:
 
     def ffmpeg(self) -> list[psutil.Process]:
         """Decoders (not the short ``ffmpeg -i`` probes): those writing PCM to a pipe."""
-        return [p for p in self.children() if "ffmpeg" in p.name() and _cmdline_has(p, "s16le")]
+        return [p for p in self.children() if "ffmpeg" in _name(p) and _cmdline_has(p, "s16le")]
 
     def workers(self) -> list[psutil.Process]:
-        return [p for p in self.children() if p.name().startswith("python")]
+        return [p for p in self.children() if _name(p).startswith("python")]
 
     def pids(self) -> set[int]:
         return {p.pid for p in self.children()}
@@ -108,6 +108,14 @@ def _cpu(proc: psutil.Process) -> float:
     except psutil.NoSuchProcess:
         return 0.0
     return times.user + times.system
+
+
+def _name(proc: psutil.Process) -> str:
+    """The process name, or "" once it is gone (the fault tests kill workers while they look)."""
+    try:
+        return proc.name()
+    except psutil.NoSuchProcess:
+        return ""
 
 
 def _cmdline_has(proc: psutil.Process, word: str) -> bool:
