@@ -1,6 +1,6 @@
 """Faults injected for real into the real service (``python -m app.local`` on loopback, the local
 worker pool with the real tiny.en weights, real ffmpeg and yt-dlp reading a loopback media
-server): an engine exception (the ``STREAMSCRIBE_FAULTS`` hook of ``transcriber.fanout``), a
+server): an engine exception (the ``STREAMSCRIBE_FAULTS`` hook in ``transcriber.faults``), a
 worker killed with SIGKILL mid-segment, ffmpeg killed mid-stream, a transfer cut off, yt-dlp's
 failures, a client hanging up (one-shot stream and a job with a grace period) and a server
 killed mid-job and started again. Each test says what it measured; nothing is mocked.
