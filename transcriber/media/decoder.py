@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from transcriber import SAMPLE_RATE
+from transcriber import SAMPLE_RATE, clock
 from transcriber.media.errors import (
     MediaError,
     TooLong,
@@ -132,8 +132,8 @@ def _run_ffmpeg(
                 if limit > total:
                     yield chunk[: limit - total]
                 raise TooLong(
-                    f"The media is longer than the {_clock(max_seconds)} limit; "
-                    f"the first {_clock(max_seconds)} were kept.",
+                    f"The media is longer than the {clock(max_seconds)} limit; "
+                    f"the first {clock(max_seconds)} were kept.",
                 )
             total += len(chunk)
             yield chunk
@@ -283,10 +283,3 @@ def _check_complete(stderr: FfmpegLog, total: int, media: str) -> None:
             "could be decoded (the file is truncated or the transfer was cut off).",
             detail=stderr.text(),
         )
-
-
-def _clock(seconds: float | None) -> str:
-    seconds = int(seconds or 0)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
