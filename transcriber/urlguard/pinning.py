@@ -6,7 +6,7 @@ This is the ONLY module that touches private yt-dlp and urllib3 internals: urlli
 ``HTTPConnection._new_conn`` and the pool manager's ``pool_classes_by_scheme``, and yt-dlp's
 ``networking._requests.RequestsRH`` with its ``_create_instance``, ``_get_proxies`` and
 ``_send``. A yt-dlp or urllib3 upgrade that changes them breaks here and nowhere else
-(``tests/test_urlguard.py`` drives each of them against loopback servers).
+(``tests/test_urlguard.py`` exercises them with real yt-dlp and requests on loopback servers).
 """
 
 from __future__ import annotations
