@@ -151,6 +151,20 @@ class Source:
 
 #: Environment variable naming a Netscape cookies file for yt-dlp (YouTube's bot check).
 COOKIES_ENV = "STREAMSCRIBE_COOKIES_FILE"
+#: yt-dlp's ``--extractor-args`` (``youtube:player_client=mweb;po_token=mweb.gvs+TOKEN``, several
+#: separated by spaces): how a datacenter address gets past YouTube's bot check.
+EXTRACTOR_ARGS_ENV = "STREAMSCRIBE_YTDLP_EXTRACTOR_ARGS"
+
+
+def extractor_args(text: str) -> dict[str, dict[str, list[str]]]:
+    """``IE:key=v1,v2;key2=v IE2:...`` -> yt-dlp's ``extractor_args`` option."""
+    parsed: dict[str, dict[str, list[str]]] = {}
+    for entry in text.split():
+        ie, _, args = entry.partition(":")
+        for arg in filter(None, args.split(";")):
+            key, _, values = arg.partition("=")
+            parsed.setdefault(ie.lower(), {})[key.strip().replace("-", "_")] = values.split(",")
+    return parsed
 
 _YOUTUBE_ID = re.compile(r"^[0-9A-Za-z_-]{11}$")
 _YOUTUBE_HOSTS = ("youtube.com", "youtube-nocookie.com", "youtube.googleapis.com")
@@ -344,6 +358,8 @@ def ydl_defaults() -> dict:
     cookies = os.environ.get(COOKIES_ENV)
     if cookies:
         options["cookiefile"] = cookies
+    if os.environ.get(EXTRACTOR_ARGS_ENV, "").strip():
+        options["extractor_args"] = extractor_args(os.environ[EXTRACTOR_ARGS_ENV])
     return options
 
 
@@ -480,8 +496,10 @@ _YTDLP_REASONS: list[tuple[tuple[str, ...], type[MediaError], str, str]] = [
      "This video is age-restricted: YouTube only plays it to signed-in adults. Set "
      f"{COOKIES_ENV} to a cookies file of a signed-in account to transcribe it."),
     (("not a bot", "captcha"), SourceUnavailable, "bot_check",
-     "YouTube asked to confirm this server is not a bot. Set "
-     f"{COOKIES_ENV} to a cookies file exported from a signed-in browser, then try again."),
+     "YouTube asked to confirm this server is not a bot (common from cloud addresses). The "
+     f"server's operator can set {COOKIES_ENV} to a cookies file exported from a signed-in "
+     f"browser (on Modal: the cookies Secret) and/or {EXTRACTOR_ARGS_ENV} to yt-dlp extractor "
+     "arguments such as a PO token; meanwhile, download the audio yourself and upload the file."),
     (("in your country", "from your location", "geo restrict", "geo-restrict"),
      SourceUnavailable, "geo_blocked", "This video is not available in this server's country."),
     (("members-only", "join this channel", "members only"), SourceUnavailable, "members_only",
