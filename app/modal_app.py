@@ -147,6 +147,10 @@ FASTER_WHISPER_MODELS = OPENAI_WHISPER_MODELS + (
 )  # fmt: skip
 
 
+#: A Hugging Face Hub repo id (``Systran/faster-whisper-small``), which faster-whisper downloads.
+HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def check_model(engine: str, model: str) -> None:
     """Refuse a pair no GPU container could load, before any container starts."""
     if engine == "openai-whisper" and model not in OPENAI_WHISPER_MODELS:
@@ -156,7 +160,7 @@ def check_model(engine: str, model: str) -> None:
             f"{ENV_PREFIX}MODEL={model!r} with {ENV_PREFIX}ENGINE=openai-whisper: it {why} "
             f"({', '.join(OPENAI_WHISPER_MODELS)})"
         )
-    if engine == "faster-whisper" and model not in FASTER_WHISPER_MODELS and "/" not in model.strip("/"):
+    if engine == "faster-whisper" and model not in FASTER_WHISPER_MODELS and not HUB_REPO.fullmatch(model):
         raise SettingsError(
             f"{ENV_PREFIX}MODEL={model!r}: not a faster-whisper model name or a Hugging Face "
             "repo id (org/name); a local path means nothing on Modal"
@@ -384,9 +388,9 @@ class Transcriber:
 
     Batching: each input is one segment, decoded by ``run_job_retrying`` like every local
     worker, with whisper's temperature fallback and hallucination guards. Parallelism comes
-    from fanning out over containers; batching several segments per input is the batched-GPU
-    issue's work (item 15), measured on a GPU, not assumed (see the README's "Cost and speed on
-    Modal").
+    from fanning out over containers; whether batching several segments per input pays on a
+    GPU is to be measured, not assumed:
+    see the README's "Cost and speed on Modal".
     """
 
     engine: str = modal.parameter(default=config.pinned[0])

@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import pickle
 import threading
 import time
@@ -73,6 +74,8 @@ class MapCloud:
         self.payloads: list[dict[str, Any]] = []
         #: Indices in the order a "container" started them.
         self.started: list[int] = []
+        #: The context each ``spawn`` was made in (what Modal reads its parent input from).
+        self.spawn_contexts: list[contextvars.Context] = []
         #: Indices of the calls the mapper cancelled (``FunctionCall.cancel``), in order.
         self.cancelled: list[int] = []
         self._containers: asyncio.Queue | None = None
@@ -90,6 +93,7 @@ class MapCloud:
         payload = pickle.loads(pickle.dumps(payload))  # what crosses the wire is a copy
         self.payloads.append(payload)
         self.spawn_calls.append(params)
+        self.spawn_contexts.append(contextvars.copy_context())
         if self._containers is None:
             # One class instance per "container", each serving one input at a time: as on
             # Modal, a container runs its @modal.enter once, before its first input.
@@ -272,6 +276,15 @@ class DictCloud:
         with self._lock:
             self.calls += 1
             self._data.update(encoded)
+
+    def expire(self, key: Any) -> None:
+        """What Modal does to an entry left unused for 7 days: it is gone."""
+        with self._lock:
+            del self._data[key]
+
+    def keys(self) -> list[Any]:
+        with self._lock:
+            return list(self._data)
 
     def __len__(self) -> int:
         return len(self._data)
