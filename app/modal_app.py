@@ -285,9 +285,7 @@ def _image(gpu: bool) -> modal.Image:
     for layer in image_layers(gpu):
         image = image.uv_pip_install(*layer, force_build=refresh and layer is YTDLP_PACKAGES)
     if gpu:
-        # The containers only read the weights (download_weights wrote them): no hub lookups.
-        image = image.env({"LD_LIBRARY_PATH": CUDA_LIBRARY_PATH, "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                           "HF_HUB_OFFLINE": "1"})  # fmt: skip
+        image = image.env({"LD_LIBRARY_PATH": CUDA_LIBRARY_PATH, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     # Our packages go last: mounted at container start, so a code change needs no rebuild.
     return image.add_local_python_source("transcriber", "app").add_local_dir(ROOT / "web", "/root/web")
 
@@ -320,7 +318,8 @@ def gpu_options(config: DeployConfig) -> dict:
         # it is the cheapest 24 GB GPU Modal offers. One 30 s segment at batch size 1 is bound by
         # decoder latency, not FLOPs, so an A100/H100 would mostly idle; more L4s fan out wider.
         gpu=config.gpu,
-        env=config.web_env,
+        # The containers only read the weights (download_weights wrote them): no hub lookups.
+        env={**config.web_env, "HF_HUB_OFFLINE": "1"},
         # Read-only: the weights are written once, by download_weights (make deploy); a
         # container never writes them (concurrent Volume writes are last-write-wins).
         volumes={MODELS_DIR: models_volume.with_mount_options(read_only=True)},

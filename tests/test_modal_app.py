@@ -68,7 +68,7 @@ def test_importing_the_module_builds_the_app_with_its_gpu_class_and_web_function
     gpu = modal_app.gpu_options(config)
     assert gpu["gpu"] == "L4" and gpu["max_containers"] == 10 and gpu["scaledown_window"] == 120
     assert gpu["timeout"] == 180 and gpu["retries"].max_retries == 2
-    assert list(gpu["volumes"]) == ["/models"]
+    assert list(gpu["volumes"]) == ["/models"] and gpu["env"]["HF_HUB_OFFLINE"] == "1"
     w = modal_app.web_options(config)
     assert w["max_containers"] == 1 and w["min_containers"] == 0 and w["cpu"] == 2.0
     # A job may run for max_job_wall_s (3 h by default): no request is killed before.
