@@ -496,10 +496,9 @@ _YTDLP_REASONS: list[tuple[tuple[str, ...], type[MediaError], str, str]] = [
      "This video is age-restricted: YouTube only plays it to signed-in adults. Set "
      f"{COOKIES_ENV} to a cookies file of a signed-in account to transcribe it."),
     (("not a bot", "captcha"), SourceUnavailable, "bot_check",
-     "YouTube asked to confirm this server is not a bot (common from cloud addresses). The "
-     f"server's operator can set {COOKIES_ENV} to a cookies file exported from a signed-in "
-     f"browser (on Modal: the cookies Secret) and/or {EXTRACTOR_ARGS_ENV} to yt-dlp extractor "
-     "arguments such as a PO token; meanwhile, download the audio yourself and upload the file."),
+     "YouTube asked to confirm this server is not a bot (common from cloud addresses). Its "
+     f"operator can set {COOKIES_ENV} to a signed-in browser's cookies (on Modal: the cookies "
+     f"Secret) or {EXTRACTOR_ARGS_ENV} (a PO token); meanwhile, upload the file instead."),
     (("in your country", "from your location", "geo restrict", "geo-restrict"),
      SourceUnavailable, "geo_blocked", "This video is not available in this server's country."),
     (("members-only", "join this channel", "members only"), SourceUnavailable, "members_only",
