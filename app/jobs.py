@@ -25,6 +25,7 @@ Lifetimes:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import json
@@ -87,6 +88,20 @@ class TooManyJobs(JobError):
 class NotResumable(JobError):
     status = 409
     code = "not_resumable"
+
+
+class RunningElsewhere(JobError):
+    """Another server (a second web container on Modal) holds the job's lease and runs it."""
+
+    status = 409
+    code = "running_elsewhere"
+
+
+class ModelNotServed(JobError):
+    """The mapper cannot run this engine/model (a Modal deployment serves one, pinned)."""
+
+    status = 400
+    code = "model_not_served"
 
 
 @dataclass(frozen=True)
@@ -253,9 +268,23 @@ class JobManager:
         if not self.recover:
             return 0
         stale = await asyncio.to_thread(self.store.jobs_with_status, ("queued", "running"))
+        stale = [rec for rec in stale if await self._claim(rec)]
         for rec in stale:
             await asyncio.to_thread(self.store.update_job, rec.id, status=INTERRUPTED)
         return len(stale)
+
+    async def _claim(self, record: JobRecord) -> bool:
+        """Take the job's owner lease where the store keeps leases (``claim``, the Modal Dict
+        store); False while another live server runs it (a rolling redeploy's old container)."""
+        claim = getattr(self.store, "claim", None)
+        return claim is None or await asyncio.to_thread(claim, record.id)
+
+    def _check_served(self, request: JobRequest) -> None:
+        """A mapper that runs only some engines/models (``refusal``) refuses the others."""
+        refusal = getattr(self.mapper, "refusal", None)
+        why = refusal and refusal(request.engine, request.model)
+        if why:
+            raise ModelNotServed(why)
 
     async def shutdown(self) -> None:
         """Stop every job; they stay ``interrupted`` in the store and resume when asked for."""
@@ -272,6 +301,7 @@ class JobManager:
         ``request`` must be :meth:`JobRequest.resolved`. Raises :class:`TooManyJobs`.
         """
         key = request.cache_key()
+        self._check_served(request)
         async with self._submit_lock:
             live = self._by_key.get(key)
             if live is not None and not live.finished:
@@ -406,8 +436,11 @@ class JobManager:
         request = JobRequest(**record.request)
         if request.upload is not None and not Path(request.upload).exists():
             raise NotResumable("This job's uploaded file is gone; upload it again.")
+        self._check_served(request)
         self._check_capacity()
         stored = await asyncio.to_thread(self.store.events, record.id, 0)
+        if not await self._claim(record):
+            raise RunningElsewhere("This job is running on another server; follow it there.")
         live = self._start(
             record,
             request,
@@ -434,7 +467,12 @@ class JobManager:
         # Nobody listens yet: the grace period runs from creation (a one-shot stream subscribes
         # at once; a job made by POST /jobs has job_grace_s to be followed or looked at).
         self._arm_grace(live, max(live.grace, self.settings.job_grace_s))
-        live.task = asyncio.create_task(self._run(live, completed), name=f"job-{record.id}")
+        # A fresh context: the task must not inherit the request's (on Modal, the web input's),
+        # or cancelling that one input would cancel a job other listeners follow, and the GPU
+        # calls it spawns.
+        live.task = asyncio.create_task(
+            self._run(live, completed), name=f"job-{record.id}", context=contextvars.Context()
+        )
         live.task.add_done_callback(functools.partial(self._task_done, live))
         self.stats.running = self.running()
         return live

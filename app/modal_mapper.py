@@ -1,4 +1,4 @@
-"""Fan segment jobs out to the Modal GPU ``Transcriber`` class with ``.map.aio``.
+"""Fan segment jobs out to the Modal GPU ``Transcriber`` class, one spawned call per segment.
 
 Two things live here, both shared by the CPU web container and the GPU containers:
 
@@ -8,9 +8,9 @@ Two things live here, both shared by the CPU web container and the GPU container
   back the same way. Only one segment's audio travels per input — 30 s x 16 kHz x 2 bytes =
   960 KB, under Modal's 2 MiB inline payload limit — never the whole file. Plain dicts (not
   our dataclasses) cross the wire so a container built from an older commit still reads them.
-* :class:`ModalMapper`, the :class:`~transcriber.fanout.Mapper` that sends the payloads with
-  ``Transcriber(engine=..., model=...).transcribe.map.aio(..., order_outputs=False,
-  return_exceptions=True)`` and turns what comes back into ``SegmentResult``\\s;
+* :class:`ModalMapper`, the :class:`~transcriber.fanout.Mapper` that sends each payload with
+  ``Transcriber(engine=..., model=...).transcribe.spawn.aio(payload)``, turns what comes back
+  into ``SegmentResult``\\s, and cancels the calls still out when the job stops;
 * the sequential mode's two halves: :func:`transcribe_in_order`, the body of the GPU generator
   ``Transcriber.transcribe_sequential``, and :class:`ModalSequentialMapper`, which iterates it
   with ``remote_gen.aio``.
@@ -168,12 +168,17 @@ def transcribe_in_order(
 # -- the mapper --------------------------------------------------------------------------------
 
 
-class _MapMethod(Protocol):
-    """The slice of ``modal.Function`` the mapper uses (a method of a ``modal.Cls`` instance)."""
+class _Call(Protocol):
+    """The slice of ``modal.FunctionCall`` the mapper uses."""
 
-    def aio(
-        self, payloads: AsyncIterator[dict], *, order_outputs: bool, return_exceptions: bool
-    ) -> AsyncIterator[Any]: ...
+    get: Any  # .get.aio() -> the result; raises what the input raised after its retries
+    cancel: Any  # .cancel.aio(): queued inputs never start, running ones are terminated
+
+
+class _SpawnMethod(Protocol):
+    """The slice of a ``modal.Function`` (a method of a ``modal.Cls`` instance) the mapper uses."""
+
+    spawn: Any  # .spawn.aio(payload) -> a _Call
 
 
 def _failure_message(err: BaseException) -> str:
@@ -181,41 +186,65 @@ def _failure_message(err: BaseException) -> str:
     return f"the GPU worker failed on this segment after its retries ({type(err).__name__}: {text})"
 
 
+def pinned_refusal(pinned: tuple[str, str] | None, engine: str, model: str) -> str | None:
+    """Why a deployment pinned to ``pinned`` (engine, model) cannot run ``engine``/``model``."""
+    if pinned is None or (engine, model) == pinned:
+        return None
+    return (
+        f"This deployment runs {pinned[0]} with the model {pinned[1]} only (one GPU pool, one "
+        f"cost cap); {engine} {model} needs its own deployment (STREAMSCRIBE_ENGINE, "
+        "STREAMSCRIBE_MODEL at deploy time)."
+    )
+
+
 class ModalMapper:
     """:class:`~transcriber.fanout.Mapper` over a Modal class with a ``transcribe`` method.
 
     ``transcriber_cls`` is the ``Transcriber`` from ``app.modal_app`` (anything called as
-    ``transcriber_cls(engine=..., model=...)`` whose ``.transcribe.map.aio`` behaves like
+    ``transcriber_cls(engine=..., model=...)`` whose ``.transcribe.spawn.aio`` behaves like
     Modal's). The first job's :class:`~transcriber.engine.EngineConfig` picks the instance;
-    every job of one map shares it (one pipeline run has one engine).
+    every job of one map shares it (one pipeline run has one engine). ``pinned`` (engine,
+    model): the only pair this deployment serves; :meth:`refusal` says why another is refused,
+    and the job manager turns that into a 400 before any job starts.
 
-    Results arrive in completion order. Each payload carries its index, so a result maps
-    back to its segment by itself. A *failure* does not: with ``return_exceptions=True`` Modal
-    yields the bare exception (a container that died after its retries, an input timeout), not
-    the input it belonged to. Engine errors never get that far — ``run_job`` returns them as
-    ``SegmentResult.error`` — so these are rare, and are placed by elimination: once every
-    segment still outstanding is accounted for by an exception (at the latest when the map
-    ends), those segments become error results, in index order.
+    Each segment is one spawned call, and results are taken as each call finishes
+    (completion order; the payload's index maps a result back to its segment, and a call
+    that failed after Modal's retries is that segment's error result).
 
-    ``max_in_flight`` bounds the segments sent and not yet answered, so a fast decoder does not
-    queue a whole 2-hour file in memory ahead of the GPUs. Closing the returned generator (or
-    cancelling its consumer) closes Modal's map: nothing more is sent and nothing more is
-    awaited; a segment already running on a GPU finishes there and its result is dropped.
+    Cancelling: ``max_in_flight`` bounds the calls spawned and not yet answered (so a fast
+    decoder does not queue a whole 2-hour file ahead of the GPUs), and closing the returned
+    generator (a cancelled or abandoned job) cancels every one of them with
+    ``FunctionCall.cancel()``: the queued ones never start, and Modal terminates the ones
+    already running. The GPU work billed after a cancel is therefore at most ``max_in_flight``
+    segments that had already started, and in practice what Modal takes to stop them.
 
     ``mode="sequential"``: :func:`transcriber.fanout.mapper_for_mode` asks :meth:`sequential`
     for the :class:`ModalSequentialMapper` on the same class (one GPU generator streaming
     segments in order), so a web app holds one ModalMapper and serves both modes.
     """
 
-    def __init__(self, transcriber_cls: Any, *, max_in_flight: int = 32):
+    def __init__(
+        self,
+        transcriber_cls: Any,
+        *,
+        max_in_flight: int = 32,
+        pinned: tuple[str, str] | None = None,
+    ):
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.transcriber_cls = transcriber_cls
         self.max_in_flight = max_in_flight
+        self.pinned = pinned
 
-    def _method(self, config: EngineConfig) -> _MapMethod:
-        instance = self.transcriber_cls(engine=config.engine, model=config.model)
-        return instance.transcribe.map
+    def refusal(self, engine: str, model: str) -> str | None:
+        """Why this mapper will not run ``engine``/``model`` (None: it will)."""
+        return pinned_refusal(self.pinned, engine, model)
+
+    def _method(self, config: EngineConfig) -> _SpawnMethod:
+        refused = self.refusal(config.engine, config.model)
+        if refused:
+            raise ValueError(refused)
+        return self.transcriber_cls(engine=config.engine, model=config.model).transcribe
 
     async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
         jobs = aiter(jobs)
@@ -223,67 +252,70 @@ class ModalMapper:
         if first is None:
             return
         config = first.engine
-        #: index -> (start, end) for every segment sent and not yet answered.
-        outstanding: dict[int, tuple[float, float]] = {}
-        failures: list[BaseException] = []
+        method = self._method(config)
         slots = asyncio.Semaphore(self.max_in_flight)
-        rejected: list[SegmentResult] = []
+        #: Every call spawned and not yet answered, with its segment.
+        outstanding: dict[asyncio.Task, tuple[SegmentJob, _Call]] = {}
+        results: asyncio.Queue[SegmentResult | BaseException | None] = asyncio.Queue()
 
-        async def payloads() -> AsyncIterator[dict]:
-            job: SegmentJob | None = first
-            while job is not None:
-                if (job.engine.engine, job.engine.model) != (config.engine, config.model):
-                    # Cannot happen from one pipeline run; refuse rather than mis-transcribe.
-                    rejected.append(
-                        SegmentResult(job.index, job.start, job.end, error="engine changed mid-job")
-                    )
-                else:
-                    await slots.acquire()
-                    outstanding[job.index] = (job.start, job.end)
-                    yield encode_job(job)
-                job = await anext(jobs, None)
-
-        def settle(index: int) -> None:
-            if outstanding.pop(index, None) is not None:
+        async def answer(job: SegmentJob, call: _Call) -> None:
+            try:
+                result = decode_result(await call.get.aio())
+            except Exception as err:  # what the input raised after Modal's retries
+                result = SegmentResult(job.index, job.start, job.end, error=_failure_message(err))
+            finally:
+                # Settled before its result is queued, so the loop below sees it gone.
+                outstanding.pop(asyncio.current_task(), None)
                 slots.release()
+            results.put_nowait(result)
 
-        def failed_now() -> list[SegmentResult]:
-            """Outstanding segments that the exceptions received so far must belong to."""
-            if not failures or len(failures) < len(outstanding):
-                return []
-            results = []
-            for index in sorted(outstanding):
-                start, end = outstanding[index]
-                results.append(SegmentResult(index, start, end, error=_failure_message(failures[0])))
-                settle(index)
-            failures.clear()
-            return results
+        async def feed() -> None:
+            job: SegmentJob | None = first
+            try:
+                while job is not None:
+                    if (job.engine.engine, job.engine.model) != (config.engine, config.model):
+                        # Cannot happen from one pipeline run; refuse rather than mis-transcribe.
+                        error = "engine changed mid-job"
+                        results.put_nowait(SegmentResult(job.index, job.start, job.end, error=error))
+                    else:
+                        await slots.acquire()
+                        call = await method.spawn.aio(encode_job(job))
+                        outstanding[asyncio.create_task(answer(job, call))] = (job, call)
+                    job = await anext(jobs, None)
+            except Exception as err:  # the job source broke, or spawning did: the map raises it
+                results.put_nowait(err)
+            results.put_nowait(None)
 
-        stream = self._method(config).aio(payloads(), order_outputs=False, return_exceptions=True)
+        feeder = asyncio.create_task(feed())
+        fed = False
         try:
-            async for output in stream:
-                while rejected:
-                    yield rejected.pop(0)
-                if isinstance(output, BaseException):
-                    failures.append(output)
+            while not (fed and not outstanding and results.empty()):
+                item = await results.get()
+                if item is None:
+                    fed = True
+                elif isinstance(item, BaseException):
+                    raise item
                 else:
-                    result = decode_result(output)
-                    settle(result.index)
-                    yield result
-                for result in failed_now():
-                    yield result
-            while rejected:
-                yield rejected.pop(0)
-            # The map is over: whatever was sent and never answered failed.
-            failures.extend([RuntimeError("no result came back")] * len(outstanding))
-            for result in failed_now():
-                yield result
+                    yield item
         finally:
-            await stream.aclose()
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            await self._cancel(outstanding)
+
+    @staticmethod
+    async def _cancel(outstanding: dict[asyncio.Task, tuple[SegmentJob, _Call]]) -> None:
+        """Cancel every call still out (queued ones never start; Modal stops running ones)."""
+        pending = list(outstanding.items())
+        for task, _ in pending:
+            task.cancel()
+        await asyncio.gather(
+            *(call.cancel.aio() for _, (_, call) in pending), *(t for t, _ in pending),
+            return_exceptions=True,
+        )  # fmt: skip
 
     def sequential(self) -> ModalSequentialMapper:
         """The sequential mode on the same ``Transcriber`` class (see :func:`mapper_for_mode`)."""
-        return ModalSequentialMapper(self.transcriber_cls)
+        return ModalSequentialMapper(self.transcriber_cls, pinned=self.pinned)
 
     async def aclose(self) -> None:
         """Nothing to release here: Modal scales the GPU containers down by itself."""
@@ -313,9 +345,11 @@ class ModalSequentialMapper:
     back with. While the decoder is the slow side, calls hold one segment and text follows each
     segment's decode at once; while the GPU is, calls fill to ``max_batch`` and a call's cost
     (scheduling it, perhaps on another warm container, which the carried state makes harmless)
-    is paid once per batch. ``max_batch`` = 8 keeps a call far inside the class's 180 s timeout
-    (8 x 30 s of audio, ~1 s each on a GPU, 20 s even for a full temperature fallback) and
-    bounds what a cancelled job leaves running, and the buffer bounds memory: at most
+    is paid once per batch. ``max_batch`` = 4 keeps a call far inside the class's 180 s timeout
+    (4 x 30 s of audio, ~1 s each on a GPU, 10 s even for a full temperature fallback) and
+    bounds what a cancelled job leaves running: closing a generator call's stream does not stop
+    the generator on Modal's side, so a cancelled job bills at most the rest of one call, 4
+    segments (2 minutes of audio, a few GPU-seconds). The buffer bounds memory: at most
     ``2 x max_batch`` segments of audio are held here.
 
     The carried text is the GPU's: each result payload brings the state after it, so this side
@@ -333,16 +367,24 @@ class ModalSequentialMapper:
         self,
         transcriber_cls: Any,
         *,
-        max_batch: int = 8,
+        max_batch: int = 4,
         max_prompt_chars: int = MAX_PROMPT_CHARS,
+        pinned: tuple[str, str] | None = None,
     ):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.transcriber_cls = transcriber_cls
         self.max_batch = max_batch
         self.max_prompt_chars = max_prompt_chars
+        self.pinned = pinned
+
+    def refusal(self, engine: str, model: str) -> str | None:
+        return pinned_refusal(self.pinned, engine, model)
 
     def _method(self, config: EngineConfig) -> _GenMethod:
+        refused = self.refusal(config.engine, config.model)
+        if refused:
+            raise ValueError(refused)
         instance = self.transcriber_cls(engine=config.engine, model=config.model)
         return instance.transcribe_sequential.remote_gen
 

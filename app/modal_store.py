@@ -9,10 +9,11 @@ is chosen for the calls :class:`~app.jobs.JobManager` makes:
 key                            value (JSON text, so no pickled class ties the Dict to our code)
 =============================  ================================================================
 ``job:<id>``                   the :class:`~app.store.JobRecord` fields
-``jobs-by-key:<cache key>``    job ids with that cache key, oldest first
-``jobs-by-status:<status>``    job ids with that status
+``jobs-by-key:<cache key>``    the newest :data:`KEY_HISTORY` job ids with that key, oldest first
+``jobs-by-status:<status>``    job ids with that status, for the unfinished statuses only
 ``events:<id>``                ``{"last": seq, "firsts": [...]}``: newest seq, each page's first
 ``events:<id>:<page>``         up to :data:`PAGE_SIZE` events ``[seq, type, data]``
+``lease:<id>:<generation>``    ``{"owner", "expires"}``: which web container runs the job
 =============================  ================================================================
 
 Appending an event writes its page and the counter in one ``update`` call; reading events
@@ -20,27 +21,53 @@ after ``seq`` fetches the counter and only the pages from there on. Writes assum
 process, as the deployment has (one web container, see ``app.modal_app``): a lock orders this
 process's writes, and the tail page of each recent job is cached so an append costs one call.
 
-Entries of a ``modal.Dict`` expire after 7 days without a read or write; an expired job simply
-is not found any more (the index lists skip ids whose record is gone).
+Retention. Entries of a ``modal.Dict`` expire after 7 days without a read or write (Modal's rule,
+not ours). Everything kept here is bounded so that nothing needs more: the status index lists
+only unfinished jobs (queued, running, interrupted; the only ones :class:`~app.jobs.JobManager`
+ever lists), so it shrinks as jobs finish instead of growing with every job ever run; the
+cache-key index keeps the newest :data:`KEY_HISTORY` ids; a finished job lives as long as it is
+asked for (each read refreshes its record) and then expires with its pages. An expired job is
+simply not found (the index lists skip ids whose record is gone). A job's record can outlive
+its *early* event pages (a long-interrupted job whose record was read but whose first pages
+were not): such a job cannot be replayed or resumed, and :meth:`ModalDictStore.events` says so
+with :class:`EventsExpired` (HTTP 410) instead of resuming with a hole in its history.
+
+Owner leases. Two web containers can run at once (a rolling redeploy keeps the old one
+streaming while the new one starts), and both see the same Dict. Each job has one owner: the
+container holding its lease, taken atomically (``put(..., skip_if_exists=True)`` on the next
+generation's key, so exactly one contender wins) and renewed by a heartbeat thread every
+``lease_s / 4``. A container takes over a job (marks it interrupted, resumes it) only once its
+lease expired: its owner died or scaled down without finishing it. See :meth:`claim`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+import uuid
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, fields
 from typing import Any, Protocol
 
-from app.store import JobRecord, StoredEvent
+from app.jobs import JobError
+from app.store import FINISHED, INTERRUPTED, JobRecord, StoredEvent
+
+log = logging.getLogger("streamscribe.modal_store")
 
 #: Events per Dict entry: a reconnect after N events costs about N / PAGE_SIZE calls.
 PAGE_SIZE = 50
 #: Jobs whose tail page stays cached for cheap appends (each holds at most one page).
 TAIL_CACHE = 64
+#: Job ids kept per cache key: the newest finished one is what a repeat request is served.
+KEY_HISTORY = 8
+#: Seconds a job's owner lease lives without a heartbeat; the heartbeat renews it 4x as often.
+LEASE_S = 60.0
+#: Statuses the status index keeps (JobManager lists these at start-up, never the finished ones).
+INDEXED = ("queued", "running", INTERRUPTED)
 
 _UPDATABLE = ("status", "title", "duration", "source_id", "error")
 _JOB_FIELDS = tuple(f.name for f in fields(JobRecord))
@@ -54,12 +81,19 @@ class UnknownJob(ValueError):
     """Events for a job the store does not have (they would be orphans nobody can list)."""
 
 
+class EventsExpired(JobError):
+    """Some of a job's event pages expired from the Dict while its record lived on."""
+
+    status = 410
+    code = "expired"
+
+
 class KeyValue(Protocol):
     """The blocking slice of ``modal.Dict`` this store uses."""
 
     def get(self, key: str, default: Any = None) -> Any: ...
 
-    def put(self, key: str, value: Any) -> Any: ...
+    def put(self, key: str, value: Any, *, skip_if_exists: bool = False) -> bool: ...
 
     def update(self, other: dict[str, Any], /) -> None: ...
 
@@ -67,12 +101,26 @@ class KeyValue(Protocol):
 class ModalDictStore:
     """:class:`~app.store.Store` over a ``modal.Dict`` (``modal.Dict.from_name(...)``)."""
 
-    def __init__(self, kv: KeyValue, *, page_size: int = PAGE_SIZE):
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        page_size: int = PAGE_SIZE,
+        lease_s: float = LEASE_S,
+        owner: str | None = None,
+    ):
         self.kv = kv
         self.page_size = page_size
+        self.lease_s = lease_s
+        #: This container's name in the leases it holds.
+        self.owner = owner or uuid.uuid4().hex
         self._lock = threading.RLock()
         #: job id -> (the last page's events, the job's counter): where appends go.
         self._tails: OrderedDict[str, tuple[list, dict]] = OrderedDict()
+        #: job id -> the lease generation this container holds.
+        self._held: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     # -- JSON values -----------------------------------------------------------------------
 
@@ -91,14 +139,16 @@ class ModalDictStore:
             if self.kv.get(f"job:{job.id}") is not None:
                 raise ValueError(f"job {job.id} already exists")
             by_key = self._read(f"jobs-by-key:{job.key}", [])
-            by_status = self._read(f"jobs-by-status:{job.status}", [])
-            self.kv.update(
-                {
-                    f"job:{job.id}": self._dump(asdict(job)),
-                    f"jobs-by-key:{job.key}": self._dump([*by_key, job.id]),
-                    f"jobs-by-status:{job.status}": self._dump([*by_status, job.id]),
-                }
-            )
+            writes = {
+                f"job:{job.id}": self._dump(asdict(job)),
+                f"jobs-by-key:{job.key}": self._dump([*by_key, job.id][-KEY_HISTORY:]),
+            }
+            if job.status in INDEXED:
+                by_status = self._read(f"jobs-by-status:{job.status}", [])
+                writes[f"jobs-by-status:{job.status}"] = self._dump([*by_status, job.id])
+            self.kv.update(writes)
+        if job.status not in FINISHED:
+            self.claim(job.id)  # a new job is its creator's
 
     def get_job(self, job_id: str) -> JobRecord | None:
         data = self._read(f"job:{job_id}")
@@ -120,13 +170,19 @@ class ModalDictStore:
             job.updated = time.time()
             writes = {f"job:{job_id}": self._dump(asdict(job))}
             if job.status != old_status:
-                leaving = self._read(f"jobs-by-status:{old_status}", [])
-                joining = self._read(f"jobs-by-status:{job.status}", [])
-                writes[f"jobs-by-status:{old_status}"] = self._dump(
-                    [i for i in leaving if i != job_id]
-                )
-                writes[f"jobs-by-status:{job.status}"] = self._dump([*joining, job_id])
+                # Only unfinished statuses are indexed: a finished job leaves the index for good.
+                if old_status in INDEXED:
+                    leaving = self._read(f"jobs-by-status:{old_status}", [])
+                    writes[f"jobs-by-status:{old_status}"] = self._dump(
+                        [i for i in leaving if i != job_id]
+                    )
+                if job.status in INDEXED:
+                    joining = self._read(f"jobs-by-status:{job.status}", [])
+                    writes[f"jobs-by-status:{job.status}"] = self._dump([*joining, job_id])
             self.kv.update(writes)
+        if job.status in (*FINISHED, INTERRUPTED):
+            # This container is done with the job: whoever resumes it may take it at once.
+            self.release(job_id)
 
     def _jobs(self, ids: Iterable[str]) -> list[JobRecord]:
         return [job for job in map(self.get_job, dict.fromkeys(ids)) if job is not None]
@@ -194,12 +250,98 @@ class ModalDictStore:
         first_page = max(bisect_right(counter["firsts"], after) - 1, 0)
         out: list[StoredEvent] = []
         for page in range(first_page, len(counter["firsts"])):
-            for seq, type_, data in self._read(f"events:{job_id}:{page}", []):
-                if seq > after:
-                    out.append(StoredEvent(seq, type_, data))
+            events = self._read(f"events:{job_id}:{page}")
+            if events is None:
+                raise EventsExpired(
+                    f"Events of job {job_id} from #{counter['firsts'][page]} on have expired "
+                    "(the job store keeps entries 7 days after their last use); start the job "
+                    "again."
+                )
+            out.extend(StoredEvent(seq, type_, data) for seq, type_, data in events if seq > after)
         return out
 
+    # -- owner leases ----------------------------------------------------------------------
+
+    def _lease_key(self, job_id: str, generation: int) -> str:
+        return f"lease:{job_id}:{generation}"
+
+    def _newest_lease(self, job_id: str) -> tuple[int, dict | None]:
+        """The newest lease generation of a job and its lease (``-1, None`` when it has none)."""
+        generation = self._held.get(job_id, 0)
+        lease = self._read(self._lease_key(job_id, generation))
+        if lease is None and generation == 0:
+            return -1, None
+        while (newer := self._read(self._lease_key(job_id, generation + 1))) is not None:
+            generation, lease = generation + 1, newer
+        return generation, lease
+
+    def claim(self, job_id: str) -> bool:
+        """Take the job's owner lease; True when this container now runs the job.
+
+        False while another container holds a live lease. An expired lease (its owner died, or
+        released it) is replaced by the next generation, written with ``skip_if_exists``: of
+        several containers claiming at once, exactly one creates that key.
+        """
+        with self._lock:
+            generation, lease = self._newest_lease(job_id)
+            now = time.time()
+            if lease is not None and lease["expires"] > now and lease["owner"] != self.owner:
+                return False
+            if lease is not None and lease["owner"] == self.owner and lease["expires"] > now:
+                self._held[job_id] = generation
+                return self._renew(job_id)
+            taken = self.kv.put(
+                self._lease_key(job_id, generation + 1),
+                self._dump({"owner": self.owner, "expires": now + self.lease_s}),
+                skip_if_exists=True,
+            )
+            if taken:
+                self._held[job_id] = generation + 1
+                self._start_heartbeat()
+            return bool(taken)
+
+    def _renew(self, job_id: str) -> bool:
+        """Push the lease's expiry on; False (and the job let go) if another container took it."""
+        generation = self._held.get(job_id)
+        if generation is None:
+            return False
+        if self.kv.get(self._lease_key(job_id, generation + 1)) is not None:
+            log.warning("job %s: another container took its lease over", job_id)
+            self._held.pop(job_id, None)
+            return False
+        lease = {"owner": self.owner, "expires": time.time() + self.lease_s}
+        self.kv.put(self._lease_key(job_id, generation), self._dump(lease))
+        return True
+
+    def release(self, job_id: str) -> None:
+        """Give the lease up (expired at once), so another container may take the job now."""
+        with self._lock:
+            generation = self._held.pop(job_id, None)
+            if generation is not None:
+                lease = {"owner": self.owner, "expires": 0}
+                self.kv.put(self._lease_key(job_id, generation), self._dump(lease))
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._stop.clear()
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="streamscribe-lease-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            with self._lock:
+                for job_id in list(self._held):
+                    try:
+                        self._renew(job_id)
+                    except Exception:  # a Dict hiccup: the next beat tries again
+                        log.exception("job %s: lease heartbeat failed", job_id)
+
     def close(self) -> None:
-        """Nothing to close: every call is its own request."""
+        """Stop the heartbeat; leases still held then expire after ``lease_s``."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
         with self._lock:
             self._tails.clear()

@@ -1,7 +1,8 @@
-"""ModalMapper and its payload codec: one segment per GPU input, results back out of order;
-ModalSequentialMapper: the sequential mode as one GPU generator call per chunk of ready segments.
+"""ModalMapper and its payload codec: one spawned GPU call per segment, results back out of order,
+outstanding calls cancelled when the job stops; ModalSequentialMapper: the sequential mode as one
+GPU generator call per chunk of ready segments.
 
-Modal's cloud cannot be reached here, so ``.map.aio`` is served by ``MapCloud`` — THE stand-in
+Modal's cloud cannot be reached here, so ``.spawn.aio`` is served by ``MapCloud`` — THE stand-in
 of these tests (tests/helpers/modal_cloud.py) — which runs every input through the real
 ``Transcriber`` class (its ``@modal.enter`` load and ``transcribe`` method via Modal's own
 ``.local()``) on real weights and real speech; ``remote_gen.aio`` likewise runs the real
@@ -144,8 +145,8 @@ def test_results_arrive_out_of_order_and_map_back_by_index():
 
     assert [r.index for r in results] == [2, 1, 0]
     assert cloud.instances == [{"engine": "faster-whisper", "model": "tiny.en"}]
-    assert cloud.map_calls == [{"order_outputs": False, "return_exceptions": True}]
-    # One input per segment, each with only its own audio.
+    assert cloud.spawn_calls == [{"engine": "faster-whisper", "model": "tiny.en"}] * 3
+    # One call per segment, each with only its own audio.
     assert [p["index"] for p in cloud.payloads] == [0, 1, 2]
     assert [len(p["pcm"]) for p in cloud.payloads] == [2 * len(s.audio) for s in segments]
     for result in results:
@@ -158,8 +159,8 @@ def test_results_arrive_out_of_order_and_map_back_by_index():
 
 
 def test_a_failed_input_becomes_that_segments_error_result():
-    # Segment 1's container dies for good (Modal returns the exception as a value, without
-    # saying which input it was); it fails first, while 0 and 2 are still running.
+    # Segment 1's container dies for good (its FunctionCall.get raises what Modal raised after
+    # the retries); it fails first, while 0 and 2 are still running.
     crash = modal.exception.InternalFailure("container exited with code 137 (out of memory)")
     cloud = MapCloud(Transcriber, containers=3, delays={0: 1.5, 2: 0.5}, failures={1: crash})
     results = asyncio.run(_collect(ModalMapper(cloud), _segments()))
@@ -202,8 +203,8 @@ def test_in_flight_segments_are_bounded():
         mapper = ModalMapper(cloud, max_in_flight=2)
         out = []
         async for result in mapper.map(_counted(segments, pulled)):
-            # Never more than two sent and unanswered (plus the one waiting for a slot).
-            assert len(cloud.payloads) - len(out) <= 2
+            # Never more than two calls sent and unanswered.
+            assert len(cloud.payloads) - len(cloud.finished) <= 2
             out.append(result)
         return out
 
@@ -212,31 +213,49 @@ def test_in_flight_segments_are_bounded():
     assert all(clip_wer("ps_cards_001", r.text) <= WER_BOUND for r in results), [r.text for r in results]
 
 
-def test_closing_the_map_stops_sending_segments():
+def test_closing_the_map_cancels_the_calls_still_out():
+    # One "GPU", four calls allowed out: segment 0 runs, 1-3 wait in Modal's queue. The job is
+    # cancelled after the first result: every call still out is cancelled (the cancel reaches
+    # the stand-in), and the queued ones never start.
     segments = [job(i, "ps_cards_001", start=3.0 * i) for i in range(10)]
-    cloud = MapCloud(Transcriber, containers=2)
+    gate = threading.Event()
+    cloud = MapCloud(Transcriber, containers=1, gates={1: gate})
     pulled: list[int] = []
 
     async def run():
-        stream = ModalMapper(cloud, max_in_flight=2).map(_counted(segments, pulled))
+        stream = ModalMapper(cloud, max_in_flight=4).map(_counted(segments, pulled))
         first = await anext(stream)
+        out = sorted(p["index"] for p in cloud.payloads)
         await stream.aclose()
-        started, sent = len(cloud.started), len(cloud.payloads)
+        gate.set()  # segment 1 (if it got the GPU) may finish now; its result is dropped
         await asyncio.sleep(2.0)  # anything still queued would start now
-        return first, started, sent
+        return first, out
 
-    first, started, sent = asyncio.run(run())
-    assert first.error is None and reference("ps_cards_001")
-    assert cloud.closed
-    # One answered + at most two in flight + one waiting for a slot: far from all ten.
-    assert len(pulled) <= 4 and sent <= 3
-    assert len(cloud.started) == started and len(cloud.payloads) == sent
+    first, out = asyncio.run(run())
+    assert first.index == 0 and first.error is None and reference("ps_cards_001")
+    assert len(out) <= 5 and len(pulled) <= 6  # bounded by max_in_flight, far from all ten
+    # Every call spawned and unanswered was cancelled; of them only segment 1 can have started
+    # (it took the GPU segment 0 left), so the billed work after the cancel is at most that.
+    assert sorted(cloud.cancelled) == [i for i in out if i != 0]
+    assert set(cloud.started) <= {0, 1} and len(cloud.payloads) == len(out)
+
+
+def test_a_pinned_mapper_refuses_another_model_before_any_call():
+    cloud = MapCloud(Transcriber)
+    mapper = ModalMapper(cloud, pinned=("faster-whisper", "large-v3-turbo"))
+    assert mapper.refusal("faster-whisper", "large-v3-turbo") is None
+    refusal = mapper.refusal("faster-whisper", "tiny.en")
+    assert "large-v3-turbo only" in refusal and "STREAMSCRIBE_MODEL" in refusal
+    assert mapper.sequential().refusal("openai-whisper", "large-v3-turbo") is not None
+    with pytest.raises(ValueError, match="large-v3-turbo only"):
+        asyncio.run(_collect(mapper, _segments()[:1]))
+    assert cloud.instances == [] and cloud.payloads == []
 
 
 def test_an_empty_source_makes_no_instance():
     cloud = MapCloud(Transcriber)
     assert asyncio.run(_collect(ModalMapper(cloud), [])) == []
-    assert cloud.instances == [] and cloud.map_calls == []
+    assert cloud.instances == [] and cloud.spawn_calls == []
 
 
 # -- the sequential mode: one generator call per chunk of ready segments (remote_gen) ------------

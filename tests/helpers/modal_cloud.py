@@ -6,12 +6,13 @@ the GPU method's body (the real ``Transcriber`` class, its ``@modal.enter`` mode
 ``transcribe`` method, run through Modal's own ``.local()`` on real weights). What is stood in
 for is only the transport:
 
-- :class:`MapCloud`: ``Transcriber(engine=..., model=...).transcribe.map.aio(payloads,
-  order_outputs=False, return_exceptions=True)`` as Modal serves it — inputs spread over a few
-  "containers" (threads), results in completion order, an input that fails after Modal's
-  retries returned as a bare exception *value* (no index), and closing the stream stops
-  sending inputs. Tests steer the completion order with per-index delays, gates, or ``after``
-  (a segment starts only once another one's result is out).
+- :class:`MapCloud`: ``Transcriber(engine=..., model=...).transcribe.spawn.aio(payload)`` as
+  Modal serves it — each call queued until one of a few "containers" (threads) is free, its
+  ``FunctionCall`` answering ``get.aio()`` with the result (or raising what the input raised
+  after Modal's retries) and ``cancel.aio()`` by dropping it: a queued call never starts, a
+  running one's result is thrown away (``cancelled`` records every cancel). Tests steer the
+  completion order with per-index delays, gates, or ``after`` (a segment starts only once
+  another one's result is out).
   The same object serves ``.transcribe_sequential.remote_gen.aio(payloads, carry)`` as Modal
   serves a generator call: one "container" (a fresh instance, a thread) runs the real generator
   method through ``.local()``, each yielded item comes back pickled the moment it is yielded,
@@ -26,7 +27,7 @@ Usage::
     cloud = MapCloud(Transcriber, containers=2, delays={0: 0.5}, failures={1: TimeoutError()},
                      after={2: 0})                 # segment 2 waits for segment 0's result
     mapper = ModalMapper(cloud)            # cloud(engine=..., model=...) like the real class
-    cloud.started, cloud.finished, cloud.map_calls, cloud.closed
+    cloud.started, cloud.finished, cloud.spawn_calls, cloud.cancelled
     cloud.gen_calls                        # [{"indices": [...], "carry": {...}}] per remote_gen call
 
     store = ModalDictStore(DictCloud())
@@ -35,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import pickle
 import threading
 import time
@@ -60,20 +62,23 @@ class MapCloud:
         self.delays = delays or {}
         self.gates = gates or {}
         self.failures = failures or {}
-        #: ``{i: j}``: segment i starts only once segment j's result is out (``.map`` only).
+        #: ``{i: j}``: segment i starts only once segment j's result is out (``spawn`` only).
         self.after = after or {}
-        #: Indices whose result (or failure) a "container" handed back, in order (``.map``).
+        #: Indices whose result (or failure) a "container" handed back, in order (``spawn``).
         self.finished: list[int] = []
         #: The class parameters each instance was made with.
         self.instances: list[dict[str, Any]] = []
-        #: The keyword arguments of every ``map.aio`` call.
-        self.map_calls: list[dict[str, Any]] = []
+        #: The class parameters of every ``spawn`` call.
+        self.spawn_calls: list[dict[str, Any]] = []
         #: Every payload received, in the order the mapper sent them.
         self.payloads: list[dict[str, Any]] = []
         #: Indices in the order a "container" started them.
         self.started: list[int] = []
-        #: Set once a map stream was closed (by its consumer or by running out).
-        self.closed = False
+        #: The context each ``spawn`` was made in (what Modal reads its parent input from).
+        self.spawn_contexts: list[contextvars.Context] = []
+        #: Indices of the calls the mapper cancelled (``FunctionCall.cancel``), in order.
+        self.cancelled: list[int] = []
+        self._containers: asyncio.Queue | None = None
         #: Every ``remote_gen`` call: the segment indices it carried and its prompt state.
         self.gen_calls: list[dict[str, Any]] = []
         #: How many ``remote_gen`` streams were closed before their generator was done.
@@ -83,69 +88,39 @@ class MapCloud:
         self.instances.append(params)
         return _Instance(self, params)
 
-    async def _serve(
-        self, params: dict[str, Any], payloads: AsyncIterator[dict], *, order_outputs: bool,
-        return_exceptions: bool,
-    ) -> AsyncIterator[Any]:  # fmt: skip
-        self.map_calls.append({"order_outputs": order_outputs, "return_exceptions": return_exceptions})
-        if order_outputs:
-            raise NotImplementedError("this stand-in serves completion order only")
-        # One class instance per "container", each serving one input at a time: as on Modal,
-        # a container runs its @modal.enter once, before its first input.
-        containers: asyncio.Queue = asyncio.Queue()
-        for _ in range(self.containers):
-            containers.put_nowait(self.real_cls(**params))
-        done: asyncio.Queue = asyncio.Queue()
-        running: set[asyncio.Task] = set()  # keeps the tasks referenced until done
+    def _spawn(self, params: dict[str, Any], payload: dict) -> _Call:
+        """``.transcribe.spawn.aio(payload)``: the call is queued for a free "container"."""
+        payload = pickle.loads(pickle.dumps(payload))  # what crosses the wire is a copy
+        self.payloads.append(payload)
+        self.spawn_calls.append(params)
+        self.spawn_contexts.append(contextvars.copy_context())
+        if self._containers is None:
+            # One class instance per "container", each serving one input at a time: as on
+            # Modal, a container runs its @modal.enter once, before its first input.
+            self._containers = asyncio.Queue()
+            for _ in range(self.containers):
+                self._containers.put_nowait(self.real_cls(**params))
+        call = _Call(self, payload["index"])
+        call.task = asyncio.ensure_future(self._run_call(call, payload))
+        return call
 
-        def run(container: Any, payload: dict) -> Any:
-            self._reach(payload["index"])
-            return container.transcribe.local(payload)
-
-        async def one(container: Any, payload: dict) -> None:
-            try:
-                self.started.append(payload["index"])
-                outcome = await asyncio.to_thread(run, container, payload)
-            except Exception as err:  # Modal returns what the input raised after its retries
-                outcome = err
-            finally:
-                self.finished.append(payload["index"])
-                containers.put_nowait(container)
-            await done.put(outcome)
-
-        async def feed() -> None:
-            async for payload in payloads:
-                # What crosses the wire is a pickled copy, never the mapper's own object.
-                payload = pickle.loads(pickle.dumps(payload))
-                self.payloads.append(payload)
-                container = await containers.get()
-                task = asyncio.create_task(one(container, payload))
-                running.add(task)
-                task.add_done_callback(running.discard)
-
-        feeder = asyncio.create_task(feed())
-        received = 0
+    async def _run_call(self, call: _Call, payload: dict) -> Any:
+        container = await self._containers.get()  # queued until a "container" is free
         try:
-            while not (feeder.done() and received == len(self.payloads)):
-                getter = asyncio.create_task(done.get())
-                waiting = {getter} if feeder.done() else {getter, feeder}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    if feeder.exception() is not None:
-                        raise feeder.exception()
-                    continue
-                outcome = getter.result()
-                received += 1
-                if isinstance(outcome, BaseException) and not return_exceptions:
-                    raise outcome
-                yield pickle.loads(pickle.dumps(outcome))
-        finally:
-            # Closing the map: stop taking inputs; segments already on a "GPU" finish there.
-            self.closed = True
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            await asyncio.sleep(0)  # a cancel that came while the call was queued lands here
+            if call.cancelled:  # cancelled while queued: it never starts
+                raise asyncio.CancelledError
+            self.started.append(call.index)
 
+            def run() -> Any:
+                self._reach(call.index)
+                return container.transcribe.local(payload)
+
+            return pickle.loads(pickle.dumps(await asyncio.to_thread(run)))
+        finally:
+            if call.index in self.started:
+                self.finished.append(call.index)
+            self._containers.put_nowait(container)
 
     def _reach(self, index: int) -> None:
         """A "container" starts on segment ``index``: its gate, turn, delay and failure apply."""
@@ -221,9 +196,41 @@ class _Instance:
         self.transcribe_sequential = _GenMethod(cloud, params)
 
 
+class _Aio:
+    """A Modal method's ``.aio`` flavour: ``thing.aio(...)``."""
+
+    def __init__(self, aio: Any):
+        self.aio = aio
+
+
 class _Method:
     def __init__(self, cloud: MapCloud, params: dict[str, Any]):
-        self.map = _Map(cloud, params)
+        async def spawn(payload: dict) -> _Call:
+            return cloud._spawn(params, payload)
+
+        self.spawn = _Aio(spawn)
+
+
+class _Call:
+    """STAND-IN for a ``modal.FunctionCall``: ``get.aio()`` waits for the result (raising what
+    the input raised after Modal's retries), ``cancel.aio()`` cancels it: a queued call never
+    starts; a running one's result is dropped (a thread cannot be killed; Modal stops it)."""
+
+    def __init__(self, cloud: MapCloud, index: int):
+        self.cloud, self.index = cloud, index
+        self.cancelled = False
+        self.task: asyncio.Future | None = None
+
+        async def get() -> Any:
+            return await asyncio.shield(self.task)
+
+        async def cancel() -> None:
+            self.cancelled = True
+            cloud.cancelled.append(index)
+            if index not in cloud.started:
+                self.task.cancel()
+
+        self.get, self.cancel = _Aio(get), _Aio(cancel)
 
 
 class _GenMethod:
@@ -237,16 +244,6 @@ class _RemoteGen:
 
     def aio(self, payloads: list[dict], carry: dict) -> AsyncIterator[Any]:
         return self.cloud._run_gen(self.params, payloads, carry)
-
-
-class _Map:
-    def __init__(self, cloud: MapCloud, params: dict[str, Any]):
-        self.cloud, self.params = cloud, params
-
-    def aio(self, payloads, *, order_outputs: bool = True, return_exceptions: bool = False):
-        return self.cloud._serve(
-            self.params, payloads, order_outputs=order_outputs, return_exceptions=return_exceptions
-        )
 
 
 class DictCloud:
@@ -263,8 +260,15 @@ class DictCloud:
             raw = self._data.get(key)
         return default if raw is None else pickle.loads(raw)
 
-    def put(self, key: Any, value: Any) -> bool:
-        self.update({key: value})
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        """As ``modal.Dict.put``: False, and nothing written, when ``skip_if_exists`` finds the
+        key there (atomic: of several puts at once, exactly one creates it)."""
+        encoded = pickle.dumps(value)
+        with self._lock:
+            self.calls += 1
+            if skip_if_exists and key in self._data:
+                return False
+            self._data[key] = encoded
         return True
 
     def update(self, other: dict[Any, Any], /) -> None:
@@ -272,6 +276,15 @@ class DictCloud:
         with self._lock:
             self.calls += 1
             self._data.update(encoded)
+
+    def expire(self, key: Any) -> None:
+        """What Modal does to an entry left unused for 7 days: it is gone."""
+        with self._lock:
+            del self._data[key]
+
+    def keys(self) -> list[Any]:
+        with self._lock:
+            return list(self._data)
 
     def __len__(self) -> int:
         return len(self._data)

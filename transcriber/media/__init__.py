@@ -21,6 +21,7 @@ The modules, in data-flow order:
 from transcriber.media.decoder import decode
 from transcriber.media.errors import (
     COOKIES_ENV,
+    EXTRACTOR_ARGS_ENV,
     MediaError,
     NoAudioStream,
     SourceNotFound,
@@ -39,6 +40,7 @@ from transcriber.media.sources import GUARDED_FORMAT, Source, resolve, ydl_defau
 
 __all__ = [
     "COOKIES_ENV",
+    "EXTRACTOR_ARGS_ENV",
     "GUARDED_FORMAT",
     "MediaError",
     "NoAudioStream",

@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # urlguard imports yt-dlp and requests: loaded when a guard i
 #: Environment variable naming a Netscape cookies file for yt-dlp (YouTube's bot check); the
 #: messages below name it, and :func:`transcriber.media.ydl_defaults` reads it.
 COOKIES_ENV = "STREAMSCRIBE_COOKIES_FILE"
+#: yt-dlp's ``--extractor-args`` (``youtube:player_client=mweb;po_token=mweb.gvs+TOKEN``, several
+#: separated by spaces): how a datacenter address gets past YouTube's bot check.
+EXTRACTOR_ARGS_ENV = "STREAMSCRIBE_YTDLP_EXTRACTOR_ARGS"
 
 
 class MediaError(Exception):
@@ -151,8 +154,9 @@ _YTDLP_REASONS: list[tuple[tuple[str, ...], type[MediaError], str, str]] = [
      "This video is age-restricted: YouTube only plays it to signed-in adults. Set "
      f"{COOKIES_ENV} to a cookies file of a signed-in account to transcribe it."),
     (("not a bot", "captcha"), SourceUnavailable, "bot_check",
-     "YouTube asked to confirm this server is not a bot. Set "
-     f"{COOKIES_ENV} to a cookies file exported from a signed-in browser, then try again."),
+     "YouTube asked to confirm this server is not a bot (common from cloud addresses). Its "
+     f"operator can set {COOKIES_ENV} to a signed-in browser's cookies (on Modal: the cookies "
+     f"Secret) or {EXTRACTOR_ARGS_ENV} (a PO token); meanwhile, upload the file instead."),
     (("in your country", "from your location", "geo restrict", "geo-restrict"),
      SourceUnavailable, "geo_blocked", "This video is not available in this server's country."),
     (("members-only", "join this channel", "members only"), SourceUnavailable, "members_only",

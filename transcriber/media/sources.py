@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from transcriber.media.errors import (
     COOKIES_ENV,
+    EXTRACTOR_ARGS_ENV,
     SourceNotFound,
     SourceUnavailable,
     UndecodableMedia,
@@ -244,7 +245,20 @@ def ydl_defaults() -> dict:
     cookies = os.environ.get(COOKIES_ENV)
     if cookies:
         options["cookiefile"] = cookies
+    if os.environ.get(EXTRACTOR_ARGS_ENV, "").strip():
+        options["extractor_args"] = extractor_args(os.environ[EXTRACTOR_ARGS_ENV])
     return options
+
+
+def extractor_args(text: str) -> dict[str, dict[str, list[str]]]:
+    """``IE:key=v1,v2;key2=v IE2:...`` -> yt-dlp's ``extractor_args`` option."""
+    parsed: dict[str, dict[str, list[str]]] = {}
+    for entry in text.split():
+        ie, _, args = entry.partition(":")
+        for arg in filter(None, args.split(";")):
+            key, _, values = arg.partition("=")
+            parsed.setdefault(ie.lower(), {})[key.strip().replace("-", "_")] = values.split(",")
+    return parsed
 
 
 #: yt-dlp's format choice under the guard: a single file over HTTP(S), never a manifest (HLS,
