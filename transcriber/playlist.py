@@ -14,6 +14,7 @@ kept with its reason (``Entry.error``), so it is reported on its own while the r
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from transcriber import media
@@ -140,3 +141,11 @@ def _entry(index: int, info: dict, guard) -> Entry:
 
 def _failed(entry: Entry, message: str, code: str) -> Entry:
     return Entry(entry.index, entry.url, entry.title, entry.duration, message, code)
+
+
+def file_name(index: int | None, title: str, ext: str) -> str:
+    """``NN title.ext`` for the entry at ``index`` (None: no number): its place first, so names
+    sort in playlist order and two entries never clash; the title reduced to what every file
+    system and unzip accepts."""
+    safe = re.sub(r"[^\w.\- ]+", "_", title).strip(" ._")[:80] or "transcript"
+    return f"{safe}.{ext}" if index is None else f"{index + 1:02d} {safe}.{ext}"
