@@ -9,6 +9,9 @@ Routes (OpenAPI at ``/docs``):
 - ``POST /jobs`` (same body) -> 201 ``{"id", "events_url", ...}``; ``GET /jobs/{id}``;
   ``GET /jobs/{id}/events`` (SSE; ``Last-Event-ID`` or ``?last_event_id=``);
   ``GET /jobs/{id}/transcript.{txt,srt,vtt,json}``; ``DELETE /jobs/{id}``.
+- A playlist, channel or feed link given to ``POST /jobs`` makes one job per entry and answers
+  ``{"id", "type": "playlist", "title", "jobs": [...]}``; ``/playlists/{id}`` and its
+  ``events``, ``transcripts.zip`` and ``DELETE`` live in :mod:`app.playlists`.
 - ``GET /healthz``; the page at ``/`` and its files under ``/static``.
 
 Every error is JSON ``{"detail": "...", "code": "..."}`` with a 4xx status: ``detail`` is a
