@@ -301,8 +301,8 @@ class JobManager:
         """Start a job that a batch (a playlist) stored earlier as ``queued``, or resume it where
         a dead server left it ``interrupted``. Raises :class:`TooManyJobs`."""
         async with self._submit_lock:
-            if record.id in self._live:
-                return
+            if record.id in self._live or record.status in FINISHED:
+                return  # another batch sharing this job started it already
             if record.status == INTERRUPTED:
                 await self._resume(record, one_shot=False)
                 return

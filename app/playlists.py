@@ -163,9 +163,12 @@ class PlaylistManager:
             return record.id
         job_request = replace(request, url=entry.url)
         key = job_request.cache_key()
-        cached = self.store.find_by_key(key, ("done",))
-        if cached is not None:
-            return cached.id
+        # Done: the cached job itself. Waiting or running (the same feed posted twice, an
+        # entry shared by two playlists): that job, started by whichever runner comes first.
+        for statuses in (("done",), ("queued", "running", INTERRUPTED)):
+            same = self.store.find_by_key(key, statuses)
+            if same is not None:
+                return same.id
         record = JobRecord(id=uuid.uuid4().hex, key=key, request=asdict(job_request), **fields)
         self.store.create_job(record)
         return record.id
@@ -313,7 +316,11 @@ class PlaylistManager:
                 await self._progress_event(run, None)
             await self._start_and_follow(run)
             counts = _counts(run.statuses.values())
-            status = "cancelled" if run.cancelled else "done" if counts["done"] else "error"
+            status = (
+                "cancelled" if run.cancelled or (counts["cancelled"] and not counts["done"] + counts["error"])
+                else "done" if counts["done"]
+                else "error"
+            )  # fmt: skip
             await asyncio.to_thread(self.store.update_playlist, record.id, status=status)
             run.record = replace(record, status=status)
             await self._progress_event(run, None)

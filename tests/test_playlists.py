@@ -218,17 +218,23 @@ def test_a_dead_and_a_refused_entry_are_reported_while_the_rest_finish(svc, medi
     assert names == ["01 Good one.srt", "03 Good two.srt"]
 
 
-def test_a_feed_longer_than_the_cap_is_cut_with_a_clear_message_and_can_be_cancelled(media, client):
+def test_a_feed_longer_than_the_cap_is_cut_with_a_clear_message_and_can_be_cancelled(svc, media, client):
     items = [(f"Part {i}", f"/ps_librivox_0920.wav?v=cap{i}") for i in range(CAP + 2)]
     body = client.post("/jobs", json={"url": add_feed(media, "/long.xml", "Too long", items)}).json()
     assert len(body["jobs"]) == CAP and body["truncated"] and body["total"] == CAP + 2
     assert f"{CAP + 2} items" in body["notice"] and f"first {CAP}" in body["notice"]
+    # The same feed again while it runs shares its jobs (nothing is transcribed twice).
+    twice = client.post("/jobs", json={"url": body["source_url"]}).json()
+    assert [j["id"] for j in twice["jobs"]] == [j["id"] for j in body["jobs"]]
     gone = client.delete(f"/playlists/{body['id']}").json()
     assert gone["status"] == "cancelled"
     assert {j["status"] for j in gone["jobs"]} <= {"cancelled", "done"}
     assert "cancelled" in {j["status"] for j in gone["jobs"][1:]}
     stream = client.get(f"/jobs/{gone['jobs'][-1]['id']}/events", headers={"Accept": "application/x-ndjson"})
     assert '"code":"cancelled"' in stream.text
+    # The other playlist saw its (shared) entries end, and ends too.
+    end = finished(follow(svc, twice["id"]).join(120))
+    assert end["status"] in ("done", "cancelled") and end["counts"]["cancelled"] >= 1
 
 
 def test_a_single_video_starts_before_the_playlists_last_entries(svc, media, client):
