@@ -80,11 +80,14 @@ def entry_text(stream: EventStream, job_id: str) -> str:
 def three(svc, media, client):
     """A feed of three fixtures, transcribed to the end: (the 201 body, the whole stream)."""
     feed = add_feed(media, "/three.xml", "Three talks", [(f"Talk {n}", f"/{n}.wav") for n in THREE])
+    started = time.monotonic()
     created = client.post("/jobs", json={"url": feed})
+    listed = time.monotonic() - started
     assert created.status_code == 201, created.text
     body = created.json()
     stream = follow(svc, body["id"]).join(400)
     assert stream.status == 200, stream.body
+    print(f"\nplaylist of {len(THREE)}: 201 after {listed:.2f} s, all done after {time.monotonic() - started:.1f} s")
     return body, stream
 
 
@@ -248,6 +251,7 @@ def test_a_single_video_starts_before_the_playlists_last_entries(svc, media, cli
         while not stream.events and time.monotonic() < deadline:
             time.sleep(0.05)
         assert stream.events and stream.events[0].event == "meta"
+        print(f"\nsingle job's meta {stream.timed[0][0]:.2f} s after it was followed, during a playlist")
         waiting = client.get(f"/playlists/{body['id']}").json()["jobs"]
         assert [j["status"] for j in waiting[-2:]] == ["queued", "queued"], waiting
         assert stream.join(300).events[-1].event == "done"
@@ -324,6 +328,10 @@ def test_cli_writes_one_file_per_entry_and_fails_only_if_all_failed(media, tmp_p
     dead = add_feed(media, "/cli-dead.xml", "All dead", [("A", "/gone-a.wav"), ("B", "/gone-b.wav")])
     run = cli(dead, tmp_path / "none")
     assert run.returncode == 1 and "0 of 2 entries" in run.stderr
+
+    # A playlist needs a folder: without --output it is one clear line and exit 2.
+    run = subprocess.run([sys.executable, "-m", "transcriber", dead], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--output DIR" in run.stderr
 
 
 # -- the page -----------------------------------------------------------------------------------
