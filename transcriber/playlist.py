@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from transcriber import media
 
@@ -75,6 +76,7 @@ def list_playlist(
 
     from transcriber import urlguard
 
+    url = channel_uploads(url)
     options = {
         **media.ydl_defaults(),
         "extract_flat": "in_playlist",
@@ -114,6 +116,24 @@ def list_playlist(
         total=total,
         notice=notice,
     )
+
+
+#: A YouTube channel's own page: ``/@name``, ``/channel/UC...``, ``/c/name``, ``/user/name``.
+_CHANNEL_PATH = re.compile(r"^/(@[^/]+|channel/[^/]+|c/[^/]+|user/[^/]+)/?$")
+
+
+def channel_uploads(url: str) -> str:
+    """A YouTube channel's page as its uploads (``.../videos``); any other link unchanged.
+
+    yt-dlp lists a bare channel page as a playlist of its tabs (videos, shorts, live), each a
+    playlist again; the uploads are what "transcribe this channel" means.
+    """
+    from transcriber.urlguard import YOUTUBE_HOSTS
+
+    parts = urlsplit(url)
+    if (parts.hostname or "").lower() in YOUTUBE_HOSTS and _CHANNEL_PATH.match(parts.path):
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/videos"))
+    return url
 
 
 def _entry(index: int, info: dict, guard) -> Entry:
