@@ -401,5 +401,11 @@ def test_the_page_lists_the_entries_with_their_progress(svc, media, artifacts_di
         saved = tmp_path / "all.zip"
         download.value.save_as(saved)
         assert zipfile.ZipFile(saved).namelist() == [f"{i + 1:02d} Reading {n}.srt" for i, n in enumerate(clips)]
+
+        # A reload (or a shared link, #playlist=ID) shows the playlist again, replayed.
+        assert page.url.split("#")[1].startswith("playlist=")
+        page.reload()
+        page.locator("#playlist-status", has_text="done").wait_for(timeout=60_000)
+        assert [r.get_attribute("data-status") for r in rows.all()] == ["done"] * 3
         browser.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
