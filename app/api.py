@@ -9,6 +9,9 @@ Routes (OpenAPI at ``/docs``):
 - ``POST /jobs`` (same body) -> 201 ``{"id", "events_url", ...}``; ``GET /jobs/{id}``;
   ``GET /jobs/{id}/events`` (SSE; ``Last-Event-ID`` or ``?last_event_id=``);
   ``GET /jobs/{id}/transcript.{txt,srt,vtt,json}``; ``DELETE /jobs/{id}``.
+- A playlist, channel or feed link given to ``POST /jobs`` makes one job per entry and answers
+  ``{"id", "type": "playlist", "title", "jobs": [...]}``; ``/playlists/{id}`` and its
+  ``events``, ``transcripts.zip`` and ``DELETE`` live in :mod:`app.playlists`.
 - ``GET /healthz``; the page at ``/`` and its files under ``/static``.
 
 Every error is JSON ``{"detail": "...", "code": "..."}`` with a 4xx status: ``detail`` is a
@@ -40,6 +43,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import playlists as playlist_routes
 from app.jobs import JobError, JobManager, JobRequest, Submitted, remove_upload
 from app.settings import Settings
 from app.sse import (
@@ -470,6 +474,7 @@ def create_app(
     Modal containers) must pass False, or one would take over the others' live jobs.
     """
     manager = JobManager(settings, mapper, store, recover=recover)
+    playlists = playlist_routes.PlaylistManager(settings, manager)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -480,6 +485,7 @@ def create_app(
         try:
             yield
         finally:
+            await playlists.shutdown()
             await manager.shutdown()
             await mapper.aclose()
             store.close()
@@ -562,8 +568,14 @@ def create_app(
 
     @app.post("/jobs", status_code=201, dependencies=auth, openapi_extra=_BODY_DOC, tags=["jobs"])
     async def create_job(request: Request) -> JSONResponse:
-        """Start a job (or join the same running one, or get the finished one from the cache)."""
+        """Start a job (or join the same running one, or get the finished one from the cache).
+
+        A playlist, channel or feed link makes one job per entry: 201 with
+        ``{"id", "type": "playlist", "title", "jobs": [...]}`` (see ``/playlists/{id}``)."""
         job_request = await read_job_request(request)
+        playlist = await playlists.submit(job_request)
+        if playlist is not None:
+            return playlist_routes.created_response(await playlists.view(playlist))
         sub = await manager.submit(job_request)
         view = _submitted_view(sub)
         return JSONResponse(
@@ -586,13 +598,7 @@ def create_app(
         format: Format = None,
     ) -> StreamingResponse:
         """Replay the job's events after ``Last-Event-ID`` (header or query), then follow live."""
-        header = request.headers.get("last-event-id")
-        if last_event_id is None and header:
-            if not _whole_number(header.strip()):
-                raise _http(
-                    400, "Last-Event-ID must be an event id from this stream.", code="bad_event_id"
-                )
-            last_event_id = int(header)
+        last_event_id = _last_event_id(request, last_event_id)
         fmt = pick_format(request, format)
         events = await manager.follow(job_id, last_event_id)
         return stream(request, events, fmt, job_id)
@@ -620,6 +626,11 @@ def create_app(
         record = await manager.cancel(job_id)
         return {"id": record.id, "status": record.status}
 
+    playlist_routes.register(
+        app, playlists, auth=auth, stream=stream, pick_format=pick_format,
+        last_event_id=_last_event_id,
+    )  # fmt: skip
+
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:
         """Liveness plus what the job manager did since start, and the worker pool's counters
@@ -638,6 +649,16 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+def _last_event_id(request: Request, query: int | None) -> int | None:
+    """Where a stream resumes: ``?last_event_id=``, else the ``Last-Event-ID`` header."""
+    header = request.headers.get("last-event-id")
+    if query is None and header:
+        if not _whole_number(header.strip()):
+            raise _http(400, "Last-Event-ID must be an event id from this stream.", code="bad_event_id")
+        return int(header)
+    return query
 
 
 def _cache_header(sub: Submitted) -> str:

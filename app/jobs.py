@@ -327,6 +327,19 @@ class JobManager:
             self.stats.jobs_started += 1
             return Submitted(record, "new")
 
+    async def start_prepared(self, record: JobRecord) -> None:
+        """Start a job that a batch (a playlist) stored earlier as ``queued``, or resume it where
+        a dead server left it ``interrupted``. Raises :class:`TooManyJobs`."""
+        async with self._submit_lock:
+            if record.id in self._live or record.status in FINISHED:
+                return  # another batch sharing this job started it already
+            if record.status == INTERRUPTED:
+                await self._resume(record, one_shot=False)
+                return
+            self._check_capacity()
+            self._start(record, JobRequest(**record.request), one_shot=False, completed=[], seq=0)
+            self.stats.jobs_started += 1
+
     async def get(self, job_id: str) -> JobRecord:
         """The job's record; looking at a job counts as interest (restarts its grace period)."""
         record = await asyncio.to_thread(self.store.get_job, job_id)

@@ -76,6 +76,12 @@ class Settings:
     max_job_wall_s: float = 3 * 3600
     #: ``STREAMSCRIBE_HEARTBEAT_S``: seconds of silence before an SSE ``: ping`` comment.
     heartbeat_s: float = 15.0
+    #: ``STREAMSCRIBE_MAX_PLAYLIST_ITEMS``: entries of a playlist, channel or feed link that
+    #: become jobs; a longer one is cut there (the response says so).
+    max_playlist_items: int = 50
+    #: ``STREAMSCRIBE_PLAYLIST_CONCURRENCY``: entries of one playlist running at once, so a long
+    #: playlist leaves room for other people's jobs (the concurrent-job limit applies as well).
+    playlist_concurrency: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -107,6 +113,10 @@ class Settings:
             job_grace_s=env.number("JOB_GRACE_S", d.job_grace_s),
             max_job_wall_s=env.number("MAX_JOB_WALL_S", d.max_job_wall_s),
             heartbeat_s=env.number("HEARTBEAT_S", d.heartbeat_s),
+            max_playlist_items=env.integer("MAX_PLAYLIST_ITEMS", d.max_playlist_items, minimum=1),
+            playlist_concurrency=env.integer(
+                "PLAYLIST_CONCURRENCY", d.playlist_concurrency, minimum=1
+            ),
         )
         env.check_guard(settings)
         return settings

@@ -82,6 +82,41 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class PlaylistRecord:
+    """A playlist link turned into jobs: one per entry, made when the playlist was."""
+
+    id: str
+    url: str
+    title: str
+    #: ``{"index", "job_id", "title", "url"}`` per entry, in playlist order.
+    entries: list[dict[str, Any]]
+    #: ``running`` until every entry ended, then ``done`` (some entry done), ``error`` (none)
+    #: or ``cancelled``.
+    status: str = "running"
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    #: Entries the site listed (more than ``len(entries)`` when cut at the limit; None: unknown).
+    total: int | None = None
+    #: Why the playlist was cut, for people; None when it was not.
+    notice: str | None = None
+
+
+class PlaylistStore(Protocol):
+    """What playlists need beside :class:`Store`: their records and their own event log (every
+    entry's events tagged with its job id, plus ``playlist`` progress; ``seq`` per playlist)."""
+
+    def create_playlist(self, playlist: PlaylistRecord) -> None: ...
+
+    def get_playlist(self, playlist_id: str) -> PlaylistRecord | None: ...
+
+    def update_playlist(self, playlist_id: str, *, status: str) -> None: ...
+
+    def append_playlist_event(self, playlist_id: str, event: StoredEvent) -> None: ...
+
+    def playlist_events(self, playlist_id: str, after: int = 0) -> list[StoredEvent]: ...
+
+
 def completed_segments(events: Iterable[StoredEvent]) -> list[SegmentDone]:
     """The finished segments among ``events``, one per index (what ``completed=`` resumes from)."""
     by_index: dict[int, SegmentDone] = {}
@@ -114,13 +149,31 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS playlists (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    title TEXT NOT NULL,
+    entries TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    total INTEGER,
+    notice TEXT
+);
+CREATE TABLE IF NOT EXISTS playlist_events (
+    playlist_id TEXT NOT NULL REFERENCES playlists (id),
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (playlist_id, seq)
+) WITHOUT ROWID;
 """
 
 _UPDATABLE = ("status", "title", "duration", "source_id", "error")
 
 
 class SQLiteStore:
-    """A :class:`Store` in one SQLite file.
+    """A :class:`Store` (and :class:`PlaylistStore`) in one SQLite file.
 
     One connection per thread (sqlite3 connections must not be shared across threads without
     care), WAL so readers never wait for the writer, and a lock around writes so concurrent
@@ -210,18 +263,56 @@ class SQLiteStore:
         return [self._job(r) for r in rows]
 
     def append_event(self, job_id: str, event: StoredEvent) -> None:
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO events (job_id, seq, type, data) VALUES (?, ?, ?, ?)",
-                (job_id, event.seq, event.type, json.dumps(event.data)),
-            )
+        self._append("events", "job_id", job_id, event)
 
     def events(self, job_id: str, after: int = 0) -> list[StoredEvent]:
+        return self._events("events", "job_id", job_id, after)
+
+    # One event log per table: (owner id, seq) unique, read back in seq order.
+
+    def _append(self, table: str, owner: str, owner_id: str, event: StoredEvent) -> None:
+        with self._write() as db:
+            db.execute(
+                f"INSERT INTO {table} ({owner}, seq, type, data) VALUES (?, ?, ?, ?)",
+                (owner_id, event.seq, event.type, json.dumps(event.data)),
+            )
+
+    def _events(self, table: str, owner: str, owner_id: str, after: int) -> list[StoredEvent]:
         rows = self._db().execute(
-            "SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
-            (job_id, after),
+            f"SELECT seq, type, data FROM {table} WHERE {owner} = ? AND seq > ? ORDER BY seq",
+            (owner_id, after),
         ).fetchall()
         return [StoredEvent(r["seq"], r["type"], json.loads(r["data"])) for r in rows]
+
+    # -- playlists ----------------------------------------------------------------------------
+
+    def create_playlist(self, playlist: PlaylistRecord) -> None:
+        row = asdict(playlist)
+        row["entries"] = json.dumps(playlist.entries)
+        cols, marks = ", ".join(row), ", ".join("?" for _ in row)
+        with self._write() as db:
+            db.execute(f"INSERT INTO playlists ({cols}) VALUES ({marks})", tuple(row.values()))
+
+    def get_playlist(self, playlist_id: str) -> PlaylistRecord | None:
+        row = self._db().execute("SELECT * FROM playlists WHERE id = ?", (playlist_id,)).fetchone()
+        if row is None:
+            return None
+        data = dict(row)
+        data["entries"] = json.loads(data["entries"])
+        return PlaylistRecord(**data)
+
+    def update_playlist(self, playlist_id: str, *, status: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE playlists SET status = ?, updated = ? WHERE id = ?",
+                (status, time.time(), playlist_id),
+            )
+
+    def append_playlist_event(self, playlist_id: str, event: StoredEvent) -> None:
+        self._append("playlist_events", "playlist_id", playlist_id, event)
+
+    def playlist_events(self, playlist_id: str, after: int = 0) -> list[StoredEvent]:
+        return self._events("playlist_events", "playlist_id", playlist_id, after)
 
     def close(self) -> None:
         with self._connections_lock:

@@ -10,6 +10,11 @@ Output formats (``--format``, or whisper's ``--output_format``):
 
 ``--output FILE`` writes there instead of stdout. A fatal error prints one line on stderr and
 exits 1 (what was transcribed before it is still written); bad arguments exit 2; Ctrl-C 130.
+
+A playlist, channel or podcast feed link (anything yt-dlp lists as a playlist) transcribes
+every entry, one after another on the same workers: ``--output DIR`` gets one file per entry
+(``NN title.srt``) as each finishes, stderr one line per entry. A failed entry is reported and
+the rest go on; the exit status is 1 only if every entry failed.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from transcriber import clock, formats
@@ -33,7 +40,9 @@ from transcriber.events import (
     to_dict,
 )
 from transcriber.fanout import MODES, InlineMapper, LocalPoolMapper, Mapper
+from transcriber.media import MediaError, youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
+from transcriber.playlist import MAX_ITEMS, Playlist, file_name, list_playlist
 
 OUTPUT_FORMATS = ("text", "txt", "srt", "vtt", "json", "ndjson")
 
@@ -68,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output", "-o", help="write to this file, not stdout")
     add("--max_duration", type=float, help="refuse media longer than this many seconds")
     add("--quiet", "-q", action="store_true", help="no progress on stderr")
+    add("--max_playlist_items", type=_positive_int, default=MAX_ITEMS,
+        help="a playlist link: transcribe at most this many entries (default: %(default)s)")  # fmt: skip
     return parser
 
 
@@ -200,12 +211,22 @@ def _mapper(args: argparse.Namespace, engine: EngineConfig) -> Mapper:
 
 
 async def _run(args: argparse.Namespace, printer: _Printer) -> None:
+    options = await _options(args)
+    mapper = _mapper(args, options.engine)
+    try:
+        async for event in transcribe_stream(args.source, options, mapper):
+            printer.handle(event)
+    finally:
+        await mapper.aclose()
+
+
+async def _options(args: argparse.Namespace) -> PipelineOptions:
     engine = EngineConfig(
         engine=args.engine, model=args.model, device=args.device, compute_type=args.compute_type
     )
     # Check the model before any worker starts: a typo is one clear line, not N segment errors.
     await asyncio.to_thread(resolve_model, engine)
-    options = PipelineOptions(
+    return PipelineOptions(
         engine=engine,
         transcribe=TranscribeOptions(
             language=args.language,
@@ -216,16 +237,17 @@ async def _run(args: argparse.Namespace, printer: _Printer) -> None:
         mode=args.mode,
         max_duration=args.max_duration,
     )
-    mapper = _mapper(args, engine)
-    try:
-        async for event in transcribe_stream(args.source, options, mapper):
-            printer.handle(event)
-    finally:
-        await mapper.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        playlist = _playlist_of(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    if playlist is not None:
+        return main_playlist(args, playlist)
     fmt = args.format
     try:
         out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
@@ -247,3 +269,90 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
+
+
+# -- playlists ---------------------------------------------------------------------------------
+
+#: A playlist's files: the document formats (``text`` writes ``.txt``).
+PLAYLIST_FORMATS = {"text": "txt", "txt": "txt", "srt": "srt", "vtt": "vtt", "json": "json"}
+
+
+def _playlist_of(args: argparse.Namespace) -> Playlist | None:
+    """The playlist behind a link, or None: a file, one video, or a link that cannot be listed
+    (then the single-source path reports why)."""
+    source = args.source
+    if os.path.exists(source) or "://" not in source or youtube_id(source):
+        return None
+    try:
+        return list_playlist(source, max_items=args.max_playlist_items)
+    except MediaError:
+        return None
+
+
+def main_playlist(args: argparse.Namespace, playlist: Playlist) -> int:
+    """Every entry into ``--output DIR``, one file each as it finishes; 1 only if all failed."""
+    err = sys.stderr
+    ext = PLAYLIST_FORMATS.get(args.format)
+    if ext is None or not args.output:
+        err.write(
+            "error: a playlist is written as one file per entry: give --output DIR and "
+            f"--format {', '.join(PLAYLIST_FORMATS)}\n"
+        )
+        return 2
+    folder = Path(args.output)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        err.write(f"error: cannot write {folder}: {error.strerror}\n")
+        return 1
+    err.write(f"{playlist.title}: {len(playlist.entries)} entries\n")
+    if playlist.notice:
+        err.write(f"warning: {playlist.notice}\n")
+    fmt = "txt" if args.format == "text" else args.format
+    try:
+        done = asyncio.run(_run_playlist(args, playlist, folder, fmt, ext))
+    except EngineError as error:
+        err.write(f"error: {_one_line(str(error))}\n")
+        return 1
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return 130
+    err.write(f"{done} of {len(playlist.entries)} entries transcribed into {folder}\n")
+    return 0 if done else 1
+
+
+async def _run_playlist(
+    args: argparse.Namespace, playlist: Playlist, folder: Path, fmt: str, ext: str
+) -> int:
+    """The entries one after another on one set of workers; how many succeeded."""
+    options = await _options(args)
+    mapper = _mapper(args, options.engine)
+    err = sys.stderr
+    bar = _Bar(err) if err.isatty() and not args.quiet else None
+    done, count = 0, len(playlist.entries)
+    try:
+        for entry in playlist.entries:
+            tag = f"[{entry.index + 1}/{count}] {entry.title}"
+            if entry.error is not None:
+                err.write(f"{tag}: failed: {_one_line(entry.error)}\n")
+                continue
+            err.write(f"{tag}: transcribing\n")
+            path = folder / file_name(entry.index, entry.title, ext)
+            with path.open("w", encoding="utf-8") as out:
+                printer = _Printer(fmt, out, err, bar)
+                async for event in transcribe_stream(entry.url, options, mapper):
+                    printer.handle(event)
+                status = printer.finish()
+            if status == 0:
+                done += 1
+                took = printer.done.wall_s if printer.done is not None else 0.0
+                err.write(f"{tag}: done in {took:.1f} s -> {path}\n")
+            else:
+                if path.stat().st_size == 0:
+                    path.unlink()
+                why = printer.failure.message if printer.failure else "nothing was transcribed"
+                err.write(f"{tag}: failed: {_one_line(why)}\n")
+            err.flush()
+    finally:
+        await mapper.aclose()
+    return done

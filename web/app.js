@@ -2,6 +2,8 @@
 // (which reconnects by itself and resumes with Last-Event-ID), and render segments in reading
 // order while they finish out of order. No build step, no dependencies.
 
+import { hidePlaylist, showPlaylist } from "./playlist.js";
+
 const $ = (id) => document.getElementById(id);
 
 const TOKEN_KEY = "streamscribe.token";
@@ -149,6 +151,11 @@ els.form.addEventListener("submit", async (event) => {
       return;
     }
     const created = await response.json();
+    if (created.type === "playlist") {
+      openPlaylist(created);
+      return;
+    }
+    hidePlaylist();
     history.replaceState(null, "", `#job=${created.id}`);
     follow(created.id, created.events_url);
   } catch (err) {
@@ -457,7 +464,23 @@ els.file.addEventListener("change", () => {
   if (els.file.files.length) els.url.value = "";
 });
 
+// -- playlists (web/playlist.js draws them; an entry opens in the job view above) ---------------
+
+function openPlaylist(view) {
+  history.replaceState(null, "", `#playlist=${view.id}`);
+  els.job.hidden = true;
+  showPlaylist(view, { openJob: (id) => follow(id), withToken, authHeaders });
+}
+
+async function reopenPlaylist(id) {
+  const response = await fetch(`/playlists/${id}`, { headers: authHeaders() });
+  if (response.ok) openPlaylist(await response.json());
+  else showError(els.formError, await problem(response));
+}
+
 // A reload (or a shared link) with #job=ID follows that job again, replayed from the start.
 const match = location.hash.match(/^#job=([0-9a-f]{8,64})$/);
 if (match) follow(match[1]);
+const listed = location.hash.match(/^#playlist=([0-9a-f]{8,64})$/);
+if (listed) reopenPlaylist(listed[1]);
 if (token()) els.token.value = token();
