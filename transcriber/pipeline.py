@@ -298,6 +298,7 @@ async def transcribe_stream(
         language=options.transcribe.language,
         task=options.transcribe.task,
         mode=options.mode,
+        chapters=src.chapters,
     )
 
     completed = completed or {}
