@@ -445,8 +445,9 @@ def test_upload_a_file(svc, client):
     assert events[0].json()["title"] == "my talk"
     text = " ".join(e.json()["text"] for e in events if e.event == "segment")
     assert wer(reference("ps_librivox_0920"), text) < 0.35
-    # The upload is deleted once its job is finished; its request shows no server path.
-    assert not list((svc.data_dir / "uploads").rglob("*.wav"))
+    # The upload is kept with its transcript (the page's player serves it from
+    # /jobs/{id}/media); its request shows no server path.
+    assert len(list((svc.data_dir / "uploads").rglob("my talk.wav"))) == 1
     view = client.get(f"/jobs/{job['id']}").json()
     assert view["request"]["filename"] == "my talk.wav" and "upload" not in view["request"]
     # The same bytes again: the cache (identity is the content, not the name).
