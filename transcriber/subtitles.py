@@ -300,7 +300,9 @@ def _lengthen(cues: list[ShapedCue], options: SubtitleOptions) -> None:
     for i, cue in enumerate(cues):
         if cue.end - cue.start >= options.min_duration:
             continue
-        room = cues[i + 1].start if i + 1 < len(cues) else cue.start + options.min_duration
+        # The last cue keeps its end: what follows it (more speech, or the end of the media)
+        # is not known here.
+        room = cues[i + 1].start if i + 1 < len(cues) else cue.end
         cue.end = max(cue.end, min(cue.start + options.min_duration, room))
 
 
