@@ -216,6 +216,15 @@ def segments_of(svc, job_id: str) -> list[dict]:
 def test_the_player_follows_an_uploaded_file(page, svc, uploaded, artifacts_dir):
     page.set_input_files("#file", str(uploaded))
     page.get_by_role("button", name="Transcribe").click()
+    # While the transcript still streams in, the player is there and a word seeks it.
+    first = page.locator("#segments li.segment.done").first
+    first.wait_for(timeout=120_000)
+    status_then = page.locator("#job-status").inner_text()
+    page.wait_for_function("document.getElementById('media').readyState >= 1", timeout=30_000)
+    early = first.locator(".w").nth(2)
+    early.click()
+    assert status_then == "transcribing", status_then
+    assert media_time(page) == pytest.approx(float(early.get_attribute("data-t")), abs=0.3)
     page.locator("#job-status", has_text="done").wait_for(timeout=300_000)
     job_id = re.search(r"#job=([0-9a-f]{32})$", page.url).group(1)
     segments = {s["index"]: s for s in segments_of(svc, job_id)}
