@@ -148,11 +148,15 @@ def _proportional(tokens: list[str], start: float, end: float) -> list[TimedWord
 # -- lines ----------------------------------------------------------------------------------------
 
 
+def _ends_sentence(word: str) -> bool:
+    return bool(_SENTENCE_END.search(word)) and word.lower() not in _CLINGS
+
+
 def _break_cost(left: str, right: str | None) -> float:
     """How bad a break after ``left`` (and before ``right``) is; 0 is a natural break."""
     if left.lower() in _CLINGS:
         return 8.0
-    if right is None or _SENTENCE_END.search(left):
+    if right is None or _ends_sentence(left):
         return 0.0
     if _CLAUSE_END.search(left):
         return 1.0
@@ -242,7 +246,7 @@ def _group(words: list[TimedWord], options: SubtitleOptions) -> list[list[TimedW
             # least the new word, and a cut never moves more than fits.
         else:
             current = trial
-        if _SENTENCE_END.search(word.text) and _long_enough(current, options):
+        if _ends_sentence(word.text) and _long_enough(current, options):
             # A sentence that fills most of a cue ends it: the next sentence starts afresh.
             groups.append(current)
             current = []
@@ -254,7 +258,14 @@ def _group(words: list[TimedWord], options: SubtitleOptions) -> list[list[TimedW
 def _acceptable(words: Sequence[TimedWord], options: SubtitleOptions) -> bool:
     if words[-1].end - words[0].start > options.max_duration:
         return False
-    return wrap([w.text for w in words], options) is not None
+    # Filling lines greedily uses the fewest lines, so it answers "does it fit" without the
+    # layout search (this runs once per word).
+    lines, line = 1, []
+    for w in words:
+        if line and not _fits([*line, w.text], options):
+            lines, line = lines + 1, []
+        line.append(w.text)
+    return lines <= options.max_line_count
 
 
 def _long_enough(words: Sequence[TimedWord], options: SubtitleOptions) -> bool:
