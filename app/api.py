@@ -8,7 +8,9 @@ Routes (OpenAPI at ``/docs``):
   The client going away stops the work.
 - ``POST /jobs`` (same body) -> 201 ``{"id", "events_url", ...}``; ``GET /jobs/{id}``;
   ``GET /jobs/{id}/events`` (SSE; ``Last-Event-ID`` or ``?last_event_id=``);
-  ``GET /jobs/{id}/transcript.{txt,srt,vtt,json}``; ``DELETE /jobs/{id}``.
+  ``GET /jobs/{id}/transcript.{txt,srt,vtt,json}`` (SRT/VTT take ``?max_line_width=``,
+  ``max_line_count``, ``max_words_per_line``, ``highlight_words``); ``GET /jobs/{id}/media``
+  (an upload, with Range); ``GET /jobs/{id}/chapters.vtt``; ``DELETE /jobs/{id}``.
 - A playlist, channel or feed link given to ``POST /jobs`` makes one job per entry and answers
   ``{"id", "type": "playlist", "title", "jobs": [...]}``; ``/playlists/{id}`` and its
   ``events``, ``transcripts.zip`` and ``DELETE`` live in :mod:`app.playlists`.
@@ -26,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import mimetypes
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -62,6 +65,7 @@ from transcriber import formats
 from transcriber.engine import ENGINES
 from transcriber.events import Meta, from_dict, to_dict
 from transcriber.fanout import Mapper
+from transcriber.subtitles import SubtitleOptions
 from transcriber.urlguard import UrlRefused
 
 log = logging.getLogger("streamscribe.api")
@@ -70,6 +74,14 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 #: Milliseconds a browser's EventSource waits before reconnecting (sent as ``retry:``).
 SSE_RETRY_MS = 2000
+
+
+_SUBTITLE_DOC = {
+    "max_line_width": "SRT/VTT: characters per line (default 42; 0: one cue per Whisper piece).",
+    "max_line_count": "SRT/VTT: lines per cue (default 2).",
+    "max_words_per_line": "SRT/VTT: words per line (default: no limit).",
+    "highlight_words": "SRT/VTT: one cue per word, the spoken word underlined.",
+}
 
 
 class TranscribeBody(BaseModel):
@@ -88,6 +100,16 @@ class TranscribeBody(BaseModel):
         "order, each segment's text prompting the next (more consistent, slower).",
     )
     beam_size: int | None = Field(None, ge=1, le=10)
+    word_timestamps: bool | None = Field(
+        None, description="Word-level times on every piece (default: on; the page and the "
+        "subtitle shaping use them)."
+    )
+    max_line_width: int | None = Field(None, ge=0, le=200, description=_SUBTITLE_DOC["max_line_width"])
+    max_line_count: int | None = Field(None, ge=1, le=10, description=_SUBTITLE_DOC["max_line_count"])
+    max_words_per_line: int | None = Field(
+        None, ge=1, le=100, description=_SUBTITLE_DOC["max_words_per_line"]
+    )
+    highlight_words: bool | None = Field(None, description=_SUBTITLE_DOC["highlight_words"])
 
 
 #: ``?format=``: the response type, overriding ``Accept``.
@@ -605,20 +627,25 @@ def create_app(
 
     @app.get("/jobs/{job_id}/transcript.{fmt}", dependencies=auth, tags=["jobs"],
              responses={200: {"content": {t: {} for t in formats.MEDIA_TYPES.values()}}})
-    async def transcript(job_id: str, fmt: str) -> Response:
-        """The transcript so far as a download (complete once the job is done)."""
+    async def transcript(
+        job_id: str, fmt: str, shaping: Annotated[dict[str, Any], Depends(subtitle_query)]
+    ) -> Response:
+        """The transcript so far as a download (complete once the job is done); SRT and VTT are
+        shaped as subtitles (the query's options, else the job's, else 42 x 2)."""
         if fmt not in formats.FORMATS:
             raise _http(404, f"Unknown transcript format {fmt[:20]!r}; use txt, srt, vtt or json.")
         record = await manager.get(job_id)
         stored = await manager.events(job_id)
         segments = formats.assemble(ev.data for ev in stored)
         meta = next((from_dict(ev.data) for ev in stored if ev.type == Meta.type), None)
-        document = formats.write(fmt, segments, meta)
+        document = formats.write(fmt, segments, meta, subtitle_options(record, shaping))
         return Response(
             document,
             media_type=formats.MEDIA_TYPES[fmt],
             headers={"Content-Disposition": _attachment(record.title, job_id, fmt)},
         )
+
+    _player_routes(app, manager, auth)
 
     @app.delete("/jobs/{job_id}", dependencies=auth, tags=["jobs"])
     async def delete_job(job_id: str) -> dict[str, Any]:
@@ -659,6 +686,60 @@ def _last_event_id(request: Request, query: int | None) -> int | None:
             raise _http(400, "Last-Event-ID must be an event id from this stream.", code="bad_event_id")
         return int(header)
     return query
+# -- subtitles and the page's player ---------------------------------------------------------------
+
+
+def subtitle_query(
+    max_line_width: Annotated[int | None, Query(ge=0, le=200, description=_SUBTITLE_DOC["max_line_width"])] = None,
+    max_line_count: Annotated[int | None, Query(ge=1, le=10, description=_SUBTITLE_DOC["max_line_count"])] = None,
+    max_words_per_line: Annotated[
+        int | None, Query(ge=1, le=100, description=_SUBTITLE_DOC["max_words_per_line"])
+    ] = None,
+    highlight_words: Annotated[bool | None, Query(description=_SUBTITLE_DOC["highlight_words"])] = None,
+) -> dict[str, Any]:
+    """The subtitle options a download's query gives (whisper's CLI names)."""
+    given = {
+        "max_line_width": max_line_width,
+        "max_line_count": max_line_count,
+        "max_words_per_line": max_words_per_line,
+        "highlight_words": highlight_words,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def subtitle_options(record: JobRecord, query: dict[str, Any]) -> SubtitleOptions:
+    """The query's options over the job's own (request fields), over the defaults."""
+    fields = {k: record.request[k] for k in _SUBTITLE_DOC if record.request.get(k) is not None}
+    return SubtitleOptions(**{**fields, **query})
+
+
+def _player_routes(app: FastAPI, manager: JobManager, auth: list[Any]) -> None:
+    """``/jobs/{id}/media`` (the uploaded file, with Range) and ``/jobs/{id}/chapters.vtt``."""
+
+    @app.get("/jobs/{job_id}/media", dependencies=auth, tags=["jobs"],
+             responses={200: {"content": {"audio/*": {}, "video/*": {}}}, 206: {"description": "A byte range."}})
+    async def job_media(job_id: str) -> FileResponse:
+        """The job's uploaded file for the page's player; ``Range`` requests get 206. Links
+        have none here: the page plays them from their source."""
+        record = await manager.get(job_id)
+        path = record.request.get("upload")
+        if not path or not await asyncio.to_thread(Path(path).is_file):
+            raise _http(404, "This job has no media on the server (only uploads are kept).",
+                        code="no_media")
+        media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type, content_disposition_type="inline",
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/jobs/{job_id}/chapters.vtt", dependencies=auth, tags=["jobs"],
+             responses={200: {"content": {"text/vtt": {}}}})
+    async def chapters_vtt(job_id: str) -> Response:
+        """The source's chapters (as yt-dlp reports them) as a WebVTT chapters track."""
+        await manager.get(job_id)
+        meta = next((ev.data for ev in await manager.events(job_id) if ev.type == Meta.type), None)
+        chapters = (meta or {}).get("chapters")
+        if not chapters:
+            raise _http(404, "This job's source has no chapters.", code="no_chapters")
+        return Response(formats.write_chapters_vtt(chapters), media_type=formats.MEDIA_TYPES["vtt"])
 
 
 def _cache_header(sub: Submitted) -> str:

@@ -16,6 +16,8 @@ Lifetimes:
 - The same request (source + engine + model + language + task + mode + beam size) is a *cache
   key*. Asking again while a job with that key runs joins it; once it is done, the finished job
   itself is returned and replayed from the store (no new job is made, nothing is transcribed).
+- An uploaded file lives as long as its job's transcript (the page plays it beside the text,
+  ``GET /jobs/{id}/media``); a job that ended without any segment deletes it.
 - A job still ``queued``/``running`` when its server died is marked ``interrupted`` at start-up.
   Asking for it again (same request, or its events) resumes it in place: the pipeline gets the
   finished segments as ``completed=`` and transcribes only what is missing; sequence numbers go
@@ -123,6 +125,15 @@ class JobRequest:
     task: str = "transcribe"
     mode: str = "parallel"
     beam_size: int | None = None
+    #: Word-level times on every piece (``words``): the page highlights the spoken word and
+    #: subtitles break between words at their real times. On unless asked otherwise.
+    word_timestamps: bool | None = None
+    #: Defaults of this job's SRT/VTT downloads (:class:`transcriber.subtitles.SubtitleOptions`;
+    #: the download's query parameters override them). None: the library's defaults.
+    max_line_width: int | None = None
+    max_line_count: int | None = None
+    max_words_per_line: int | None = None
+    highlight_words: bool | None = None
 
     def resolved(self, settings: Settings) -> JobRequest:
         """Defaults from ``settings`` filled in, and everything validated.
@@ -158,6 +169,7 @@ class JobRequest:
             model=model,
             language=language,
             beam_size=self.beam_size or settings.beam_size,
+            word_timestamps=self.word_timestamps is not False,
         )
 
     def source_key(self) -> str:
@@ -176,6 +188,8 @@ class JobRequest:
             "task": self.task,
             "mode": self.mode,
             "beam_size": self.beam_size,
+            # Word times change the stored events; the subtitle options only shape downloads.
+            "word_timestamps": self.word_timestamps,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -221,6 +235,9 @@ class _Live:
     #: Why the task was cancelled: ``cancelled`` (DELETE), ``abandoned`` (no listener), ``shutdown``.
     stop_reason: str | None = None
     eta: float | None = None
+    #: Segments stored for this job (earlier runs' included): with any, the job has a
+    #: transcript, and its upload is kept for the page's player (``GET /jobs/{id}/media``).
+    segments: int = 0
 
     def subscribe(self) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
@@ -474,7 +491,7 @@ class JobManager:
         seq: int,
     ) -> _Live:
         grace = 0.0 if one_shot else self.settings.job_grace_s
-        live = _Live(record, request, grace=grace, one_shot=one_shot, seq=seq)
+        live = _Live(record, request, grace=grace, one_shot=one_shot, seq=seq, segments=len(completed))
         self._live[record.id] = live
         self._by_key[record.key] = live
         # Nobody listens yet: the grace period runs from creation (a one-shot stream subscribes
@@ -496,7 +513,10 @@ class JobManager:
             # Threads per worker are the mapper's business (a local pool splits the cores).
             engine=EngineConfig(engine=request.engine, model=request.model),
             transcribe=TranscribeOptions(
-                language=request.language, task=request.task, beam_size=request.beam_size
+                language=request.language,
+                task=request.task,
+                beam_size=request.beam_size,
+                word_timestamps=bool(request.word_timestamps),
             ),
             mode=request.mode,
             max_duration=s.max_duration_s or None,
@@ -593,7 +613,8 @@ class JobManager:
             if self._by_key.get(rec.key) is live:
                 del self._by_key[rec.key]
             self.stats.running = self.running()
-            if status in FINISHED:
+            if status in FINISHED and not live.segments:
+                # No transcript to play along with: the file is of no further use.
                 remove_upload(live.request.upload)
 
     async def _emit(self, live: _Live, event: Event) -> None:
@@ -621,6 +642,7 @@ class JobManager:
             live.record = replace(live.record, **fields)
         elif isinstance(event, SegmentDone):
             self.stats.segments_transcribed += 1
+            live.segments += 1
         elif isinstance(event, Progress):
             live.eta = event.eta
         live.publish(ev)

@@ -445,8 +445,9 @@ def test_upload_a_file(svc, client):
     assert events[0].json()["title"] == "my talk"
     text = " ".join(e.json()["text"] for e in events if e.event == "segment")
     assert wer(reference("ps_librivox_0920"), text) < 0.35
-    # The upload is deleted once its job is finished; its request shows no server path.
-    assert not list((svc.data_dir / "uploads").rglob("*.wav"))
+    # The upload is kept with its transcript (the page's player serves it from
+    # /jobs/{id}/media); its request shows no server path.
+    assert len(list((svc.data_dir / "uploads").rglob("my talk.wav"))) == 1
     view = client.get(f"/jobs/{job['id']}").json()
     assert view["request"]["filename"] == "my talk.wav" and "upload" not in view["request"]
     # The same bytes again: the cache (identity is the content, not the name).
@@ -465,6 +466,8 @@ def _detail(r: httpx.Response, status: int) -> str:
 
 def test_errors_are_json_with_the_right_status(svc, media, client):
     ok = media.url("/jfk.wav")
+    # Uploads of finished jobs stay with their transcripts (the player's media); none is added.
+    kept = {p for p in (svc.data_dir / "uploads").rglob("*") if p.is_file()}
     for path in ("/transcribe", "/jobs"):
         assert "JSON" in _detail(client.post(path, content=b"{not json", headers={"content-type": "application/json"}), 400)
         assert "url" in _detail(client.post(path, json={}), 422)
@@ -496,9 +499,8 @@ def test_errors_are_json_with_the_right_status(svc, media, client):
     assert _detail(client.get("/jobs/x/events", params={"last_event_id": "-3"}), 422)
     job = client.post("/jobs", json={"url": ok}).json()
     assert _detail(client.get(job["events_url"], headers={"Last-Event-ID": "abc"}), 400)
-    assert not list((svc.data_dir / "uploads").rglob("*")) or all(
-        p.is_dir() for p in (svc.data_dir / "uploads").rglob("*")
-    ), "refused uploads leave no file behind"
+    left = {p for p in (svc.data_dir / "uploads").rglob("*") if p.is_file()}
+    assert left == kept, "refused uploads leave no file behind"
     # A source that fails is a 200 stream whose last event is an error with a stable code.
     failed = Stream(svc, "POST", "/transcribe", json={"url": media.url("/nothing-here.m4a")}).join()
     assert failed.types == ["error"]

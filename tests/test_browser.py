@@ -1,7 +1,8 @@
 """The page in a real browser: Debian's chromium driven by Playwright, against the real server
 (``python -m app.local``) transcribing real speech served by a loopback media server.
 
-Screenshots go to ``test-artifacts/`` (desktop while streaming, done, an error, phone width).
+Screenshots go to ``test-artifacts/`` (desktop while streaming, done, an error, phone width, the
+follow-along player while it plays, a search, chapter headings).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
+    # The player tests start playback from a script (muted) as well as by key presses.
+    "--autoplay-policy=no-user-gesture-required",
 ]  # fmt: skip
 
 pytestmark = [
@@ -186,3 +189,127 @@ def test_a_reload_follows_the_same_job_again(page, svc, media):
     page.locator("#job-status", has_text="done").wait_for(timeout=30_000)
     assert segment_texts(page) == before
 
+
+
+# -- the follow-along player ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory) -> Path:
+    """~2 min of fixture speech with pauses (a wav: every browser plays PCM): several rows."""
+    from tests.helpers.pipeline import speech_mix
+
+    wav, _ = speech_mix(tmp_path_factory.mktemp("upload") / "lecture.wav", repeat=2)
+    return wav
+
+
+def media_time(page) -> float:
+    return page.evaluate("document.getElementById('media').currentTime")
+
+
+def segments_of(svc, job_id: str) -> list[dict]:
+    import httpx
+
+    return httpx.get(svc.url(f"/jobs/{job_id}"), timeout=30).json()["segments"]
+
+
+def test_the_player_follows_an_uploaded_file(page, svc, uploaded, artifacts_dir):
+    page.set_input_files("#file", str(uploaded))
+    page.get_by_role("button", name="Transcribe").click()
+    # While the transcript still streams in, the player is there and a word seeks it.
+    first = page.locator("#segments li.segment.done").first
+    first.wait_for(timeout=120_000)
+    status_then = page.locator("#job-status").inner_text()
+    page.wait_for_function("document.getElementById('media').readyState >= 1", timeout=30_000)
+    early = first.locator(".w").nth(2)
+    early.click()
+    assert status_then == "transcribing", status_then
+    assert media_time(page) == pytest.approx(float(early.get_attribute("data-t")), abs=0.3)
+    page.locator("#job-status", has_text="done").wait_for(timeout=300_000)
+    job_id = re.search(r"#job=([0-9a-f]{32})$", page.url).group(1)
+    segments = {s["index"]: s for s in segments_of(svc, job_id)}
+    rows = page.locator("#segments li[data-index]")
+    assert rows.count() >= 4, f"the fixture should make several rows, got {rows.count()}"
+    # The page plays the job's own copy of the upload.
+    assert page.locator("#player").is_visible()
+    assert page.evaluate("document.getElementById('media').src").endswith(f"/jobs/{job_id}/media")
+    page.wait_for_function("document.getElementById('media').readyState >= 1", timeout=30_000)
+
+    # Clicking the third row seeks to its start.
+    third = rows.nth(2)
+    third.locator(".time").click()
+    assert media_time(page) == pytest.approx(segments[2]["start"], abs=0.3)
+    assert "current" in third.get_attribute("class")
+
+    # Clicking a word seeks to that word (word timings are on by default).
+    word = rows.nth(1).locator(".w").nth(3)
+    word.click()
+    assert media_time(page) == pytest.approx(float(word.get_attribute("data-t")), abs=0.3)
+    assert "spoken" in word.get_attribute("class")
+
+    # Arrow keys move between rows (and seek); space plays.
+    page.keyboard.press("ArrowDown")
+    assert media_time(page) == pytest.approx(segments[2]["start"], abs=0.3)
+    assert page.evaluate("document.activeElement.dataset.index") == "2"
+    page.keyboard.press("ArrowUp")
+    assert media_time(page) == pytest.approx(segments[1]["start"], abs=0.3)
+    page.evaluate("document.getElementById('media').muted = true")
+    page.evaluate("document.getElementById('media').playbackRate = 4")
+    page.keyboard.press(" ")
+    page.wait_for_function("!document.getElementById('media').paused", timeout=10_000)
+    # Playing moves the highlight on: to a later row, word by word.
+    first_word = page.evaluate("Number(document.querySelector('.w.spoken').dataset.t)")
+    page.wait_for_function(
+        "Number(document.querySelector('#segments li.current')?.dataset.index) >= 2", timeout=60_000
+    )
+    later_word = page.evaluate("Number(document.querySelector('.w.spoken').dataset.t)")
+    assert later_word > first_word
+    page.screenshot(path=str(artifacts_dir / "page-player-playing.png"), full_page=True)
+    page.keyboard.press(" ")
+    page.wait_for_function("document.getElementById('media').paused", timeout=10_000)
+
+    # Search: a word known to be in the fixture (JFK's "country", twice per JFK clip).
+    page.get_by_label("Search the transcript").fill("country")
+    count = page.locator("#search-count").inner_text()
+    hits = page.locator("#segments .w.hit")
+    assert hits.count() >= 2 and count == f"{hits.count()} matches", count
+    assert all("country" in t.lower() for t in hits.all_inner_texts())
+    visible = page.locator("#segments li[data-index]:visible")
+    assert 1 <= visible.count() < rows.count()
+    assert all("country" in t.lower() for t in visible.locator(".text").all_inner_texts())
+    page.screenshot(path=str(artifacts_dir / "page-search.png"), full_page=True)
+    hit = hits.nth(1)
+    hit.click()
+    assert media_time(page) == pytest.approx(float(hit.get_attribute("data-t")), abs=0.3)
+    page.get_by_label("Search the transcript").fill("")
+    assert page.locator("#segments li[data-index]:visible").count() == rows.count()
+    assert page.locator("#search-count").inner_text() == ""
+
+
+def test_chapters_show_as_headings_among_the_rows(page, svc, media, artifacts_dir):
+    import json
+
+    chapters = [("Opening", 0.0, 12.0), ("The novel", 12.0, 30.0), ("The end", 30.0, TALK_SECONDS)]
+    ld = {
+        "@context": "https://schema.org", "@type": "VideoObject", "name": "Talk in chapters",
+        "contentUrl": media.url("/talk.m4a"),
+        "hasPart": [{"@type": "Clip", "name": n, "startOffset": a, "endOffset": b} for n, a, b in chapters],
+    }  # fmt: skip
+    media.content_types["/chapters.html"] = "text/html"
+    media.add("/chapters.html", (
+        f'<html><head><script type="application/ld+json">{json.dumps(ld)}</script></head></html>'
+    ).encode())  # fmt: skip
+    page.get_by_label("Video or audio link").fill(media.url("/chapters.html"))
+    page.get_by_role("button", name="Transcribe").click()
+    page.locator("#job-status", has_text="done").wait_for(timeout=180_000)
+    headings = page.locator("#segments li.chapter h3")
+    assert [" ".join(t.split()[1:]) for t in headings.all_inner_texts()] == [n for n, _, _ in chapters]
+    # Each heading sits before the row that starts nearest to its chapter: none ends the list.
+    order = page.evaluate("""[...document.querySelectorAll('#segments > li')].map(
+        (li) => li.classList.contains('chapter') ? 'chapter' : 'row')""")
+    assert order[0] == "chapter" and order[-1] == "row" and order.count("chapter") == 3
+    page.screenshot(path=str(artifacts_dir / "page-chapters.png"), full_page=True)
+    # The link is a web page, not media: the page says so instead of a broken player.
+    page.locator("#player-note").wait_for(timeout=30_000)
+    assert "cannot be played" in page.locator("#player-note").inner_text()
+    assert page.locator("#player .keys").is_hidden()

@@ -12,6 +12,7 @@ import pytest
 
 from transcriber import formats
 from transcriber.events import Done, Meta, Progress, SegmentDone, to_dict
+from transcriber.subtitles import SubtitleOptions
 
 
 def piece(start: float, end: float, text: str) -> dict:
@@ -75,23 +76,35 @@ def test_timestamp_formats() -> None:
     assert formats.timestamp(100 * 3600 + 1.5) == "100:00:01.500"
 
 
+UNSHAPED = SubtitleOptions(max_line_width=0)
+
+
+@pytest.mark.parametrize("shaping", [None, UNSHAPED], ids=["shaped", "unshaped"])
 @pytest.mark.parametrize("fmt", ["srt", "vtt"])
-def test_caption_round_trip(fmt: str) -> None:
-    doc = formats.write(fmt, segments())
+def test_caption_round_trip(fmt: str, shaping: SubtitleOptions | None) -> None:
+    doc = formats.write(fmt, segments(), subtitle_options=shaping)
     parsed = formats.parse_srt(doc) if fmt == "srt" else formats.parse_vtt(doc)
-    expected = formats.cues(segments())
-    assert [c.text for c in parsed] == [c.text for c in expected]
+    expected = formats.subtitle_cues(segments(), shaping)
+    if shaping is UNSHAPED:
+        assert expected == formats.cues(segments())
+    # The parsers join a cue's lines with a space.
+    assert [c.text for c in parsed] == [c.text.replace("\n", " ") for c in expected]
     for got, want in zip(parsed, expected, strict=True):
         assert got.start == pytest.approx(want.start, abs=5e-4)
         assert got.end == pytest.approx(want.end, abs=5e-4)
 
 
 def test_srt_and_vtt_layout() -> None:
-    srt = formats.write_srt(segments())
+    srt = formats.write_srt(segments(), UNSHAPED)
     assert srt.startswith("1\n00:00:00,000 --> 00:00:07,500\nAnd so, my fellow Americans,\n\n2\n")
     assert "01:01:01,000 --> 01:01:40,500\nThird part." in srt
-    vtt = formats.write_vtt(segments())
+    vtt = formats.write_vtt(segments(), UNSHAPED)
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:07.500\n")
+    # Shaped (the default), a 39 s segment without pieces becomes cues of at most 7 s.
+    shaped = formats.parse_srt(formats.write_srt(segments()))
+    third = [c for c in shaped if 3661.0 <= c.start < 3700.5]
+    assert " ".join(c.text for c in third) == "Third part."
+    assert all(c.end - c.start <= 7 for c in third)
     with pytest.raises(ValueError, match="WEBVTT"):
         formats.parse_vtt(srt)
 
@@ -113,5 +126,22 @@ def test_txt_and_json() -> None:
     assert doc["text"] == "And so, my fellow Americans, ask not. Third part. Tail one. Tail two."
     assert [s["index"] for s in doc["segments"]] == [0, 1, 2, 3]
     assert doc["meta"]["title"] == "title"
+    assert "chapters" not in doc
     with pytest.raises(ValueError, match="unknown transcript format"):
         formats.write("docx", segments())
+
+
+def test_chapters_in_json_and_as_a_webvtt_chapters_track() -> None:
+    chapters = [
+        {"start_time": 0.0, "end_time": 12.25, "title": "Intro"},
+        {"start_time": 12.25, "end_time": 3710.0, "title": "Q & A <live>"},
+    ]
+    meta = Meta("id", "title", 3710.0, "faster-whisper", "tiny.en", chapters=chapters)
+    doc = json.loads(formats.write("json", segments(), meta))
+    assert doc["chapters"] == chapters == doc["meta"]["chapters"]
+    track = formats.write_chapters_vtt(chapters)
+    assert "00:00:12.250 --> 01:01:50.000\nQ &amp; A &lt;live>" in track
+    assert [(c.start, c.end, c.text) for c in formats.parse_vtt(track)] == [
+        (0.0, 12.25, "Intro"),
+        (12.25, 3710.0, "Q & A <live>"),
+    ]

@@ -34,6 +34,7 @@ from transcriber.fanout import InlineMapper, LocalPoolMapper
 from transcriber.media import Source
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.segment import SegmentOptions
+from transcriber.subtitles import SubtitleOptions
 
 #: Pipeline WER may exceed the same engine's whole-file WER by at most this much (absolute):
 #: segments are cut at pauses, so each is decoded without the text before it.
@@ -123,9 +124,10 @@ def test_real_speech_against_whole_file(engine, pool, mix, artifacts_dir) -> Non
     assert pipeline_wer <= whole_wer + WER_MARGIN, (pipeline_wer, whole_wer)
     assert pipeline_wer <= 0.15
 
-    # The captions of a real transcript survive the round trip with their absolute times.
+    # The captions of a real transcript survive the round trip with their absolute times
+    # (unshaped: one cue per piece; tests/test_subtitles.py checks the shaped default).
     cues = formats.cues(segments)
-    parsed = formats.parse_srt(formats.write_srt(segments))
+    parsed = formats.parse_srt(formats.write_srt(segments, SubtitleOptions(max_line_width=0)))
     assert [c.text for c in parsed] == [c.text for c in cues] and len(cues) >= done.segments
     for got, want in zip(parsed, cues, strict=True):
         assert abs(got.start - want.start) < 1e-3 and abs(got.end - want.end) < 1e-3

@@ -6,7 +6,9 @@ Output formats (``--format``, or whisper's ``--output_format``):
   reads in order while later segments are still being transcribed; a progress bar goes to
   stderr when stderr is a terminal.
 - ``ndjson``: one JSON event per line, the moment it happens (the HTTP API's vocabulary).
-- ``srt``, ``vtt``, ``json``, ``txt``: the whole document at the end.
+- ``srt``, ``vtt``, ``json``, ``txt``: the whole document at the end; SRT and VTT are shaped as
+  subtitles (``--max_line_width``, ``--max_line_count``, ``--max_words_per_line``,
+  ``--highlight_words``: openai-whisper's names; :mod:`transcriber.subtitles`).
 
 ``--output FILE`` writes there instead of stdout. A fatal error prints one line on stderr and
 exits 1 (what was transcribed before it is still written); bad arguments exit 2; Ctrl-C 130.
@@ -43,6 +45,7 @@ from transcriber.fanout import MODES, InlineMapper, LocalPoolMapper, Mapper
 from transcriber.media import MediaError, youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.playlist import MAX_ITEMS, Playlist, file_name, list_playlist
+from transcriber.subtitles import SubtitleOptions
 
 OUTPUT_FORMATS = ("text", "txt", "srt", "vtt", "json", "ndjson")
 
@@ -64,7 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: %(default)s")  # fmt: skip
     add("--beam_size", "--beam-size", type=_positive_int, default=5,
         help="default: %(default)s; 1 is greedy and fastest")  # fmt: skip
-    add("--word_timestamps", action="store_true", help="word-level times in json")
+    add("--word_timestamps", type=_boolean, nargs="?", const=True, metavar="BOOL",
+        help="word-level times on every piece (default: on for srt and vtt, whose subtitle "
+        "shaping breaks cues between words at their real times; off otherwise)")  # fmt: skip
+    add("--max_line_width", type=_natural_int, default=42,
+        help="srt/vtt: characters per line (default: %(default)s; 0: one cue per Whisper "
+        "piece, no shaping)")  # fmt: skip
+    add("--max_line_count", type=_positive_int, default=2,
+        help="srt/vtt: lines per cue (default: %(default)s)")  # fmt: skip
+    add("--max_words_per_line", type=_positive_int, help="srt/vtt: words per line (default: no limit)")
+    add("--highlight_words", type=_boolean, nargs="?", const=True, default=False, metavar="BOOL",
+        help="srt/vtt: one cue per word, the spoken word underlined")  # fmt: skip
     add("--workers", type=_natural_int,
         help="worker processes (0: in this process; default: fill the CPU cores)")  # fmt: skip
     add("--threads", type=_positive_int, help="threads per worker (default: 1 on up to 4 cores)")
@@ -94,6 +107,32 @@ def _natural_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
+
+
+def _boolean(text: str) -> bool:
+    # whisper's CLI spells these "--word_timestamps True"; a bare flag means True.
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be True or False, not {text!r}")
+
+
+def subtitle_options(args: argparse.Namespace) -> SubtitleOptions:
+    return SubtitleOptions(
+        max_line_width=args.max_line_width,
+        max_line_count=args.max_line_count,
+        max_words_per_line=args.max_words_per_line,
+        highlight_words=args.highlight_words,
+    )
+
+
+def word_timestamps(args: argparse.Namespace) -> bool:
+    """As asked, else on for the subtitle formats (cues break between words at real times)."""
+    if args.word_timestamps is not None:
+        return args.word_timestamps
+    return args.format in ("srt", "vtt") and args.max_line_width > 0
 
 
 def _one_line(text: str) -> str:
@@ -130,8 +169,16 @@ class _Bar:
 class _Printer:
     """Turns events into output: streamed text, NDJSON lines, or a document at the end."""
 
-    def __init__(self, fmt: str, out: TextIO, err: TextIO, bar: _Bar | None) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        out: TextIO,
+        err: TextIO,
+        bar: _Bar | None,
+        subtitles: SubtitleOptions | None = None,
+    ) -> None:
         self.fmt, self.out, self.err, self.bar = fmt, out, err, bar
+        self.subtitles = subtitles
         self.meta: Meta | None = None
         self.finished: dict[int, SegmentDone | SegmentFailed] = {}
         self.printed = 0  # text mode: segments [0, printed) are on the output
@@ -186,7 +233,7 @@ class _Printer:
         if self.fmt == "text":
             self._print_committed(max(self.finished, default=-1) + 1)
         elif self.fmt != "ndjson" and (self.done is not None or self.segments()):
-            self.out.write(formats.write(self.fmt, self.segments(), self.meta))
+            self.out.write(formats.write(self.fmt, self.segments(), self.meta, self.subtitles))
             self.out.flush()
         if self.failure is not None:
             self.err.write(f"error: {_one_line(self.failure.message)}\n")
@@ -232,7 +279,7 @@ async def _options(args: argparse.Namespace) -> PipelineOptions:
             language=args.language,
             task=args.task,
             beam_size=args.beam_size,
-            word_timestamps=args.word_timestamps,
+            word_timestamps=word_timestamps(args),
         ),
         mode=args.mode,
         max_duration=args.max_duration,
@@ -255,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: cannot write {args.output}: {err.strerror}\n")
         return 1
     bar = _Bar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
-    printer = _Printer(fmt, out, sys.stderr, bar)
+    printer = _Printer(fmt, out, sys.stderr, bar, subtitle_options(args))
     try:
         try:
             asyncio.run(_run(args, printer))

@@ -28,6 +28,8 @@ class Meta:
     language: str | None = None
     task: str = "transcribe"
     mode: str = "parallel"
+    #: yt-dlp's chapters (``start_time``, ``end_time``, ``title``), when the source has them.
+    chapters: list[dict[str, Any]] | None = None
 
 
 @dataclass

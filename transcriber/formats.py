@@ -5,6 +5,10 @@ Segments may arrive in any order; every writer first puts them in reading order
 pieces (finer captions), else one per segment. Cue times are made monotonic across segment
 boundaries, so a player never sees a caption that starts before the previous one.
 
+SRT and VTT are subtitle-ready by default: :mod:`transcriber.subtitles` regroups the words into
+cues of at most two 42-character lines and 7 s (:class:`~transcriber.subtitles.SubtitleOptions`;
+``max_line_width=0`` gives the one-cue-per-piece captions of :func:`cues`).
+
 ``parse_srt`` / ``parse_vtt`` read the two caption formats back (tests use them for the round
 trip; they accept what common tools write, hours of any width included).
 """
@@ -17,7 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from transcriber import subtitles
 from transcriber.events import Event, Meta, SegmentDone, from_dict, to_dict
+from transcriber.subtitles import SubtitleOptions
 
 FORMATS = ("txt", "srt", "vtt", "json")
 """Names accepted by :func:`write`; ``text`` is an alias of ``txt``."""
@@ -27,7 +33,7 @@ _ALIASES = {"text": "txt"}
 
 @dataclass
 class Cue:
-    """One caption: absolute seconds and its text (one line, stripped)."""
+    """One caption: absolute seconds and its text (stripped; lines joined by ``\\n``)."""
 
     start: float
     end: float
@@ -74,6 +80,36 @@ def cues(segments: Iterable[SegmentDone]) -> list[Cue]:
     return out
 
 
+def words(segments: Iterable[SegmentDone]) -> list[subtitles.TimedWord]:
+    """Every word of the transcript in reading order, times clamped into its segment and made
+    non-decreasing (the same clamping as :func:`cues`)."""
+    out: list[subtitles.TimedWord] = []
+    last = 0.0
+    for seg in assemble(segments):
+        if seg.silent:
+            continue
+        pieces = seg.pieces or [{"start": seg.start, "end": seg.end, "text": seg.text}]
+        for piece in pieces:
+            for word in subtitles.piece_words(piece, seg.start, seg.end):
+                word.start = max(word.start, last)
+                word.end = max(word.end, word.start)
+                last = word.start
+                out.append(word)
+    return out
+
+
+def subtitle_cues(segments: Iterable[SegmentDone], options: SubtitleOptions | None = None) -> list[Cue]:
+    """The cues of SRT/VTT: shaped by ``options`` (default: the broadcast rules), or one per
+    piece when ``max_line_width`` is 0."""
+    options = options or SubtitleOptions()
+    if not options.enabled:
+        return cues(segments)
+    shaped = subtitles.shape(words(segments), options)
+    if options.highlight_words:
+        shaped = subtitles.highlighted(shaped)
+    return [Cue(c.start, c.end, c.text) for c in shaped]
+
+
 def timestamp(seconds: float, sep: str = ".") -> str:
     """``HH:MM:SS.mmm`` (``sep=","`` for SRT); hours grow past two digits when needed."""
     ms = max(0, round(seconds * 1000))
@@ -92,20 +128,35 @@ def write_txt(segments: Iterable[SegmentDone]) -> str:
     return "".join(f"{cue.text}\n" for cue in cues(segments))
 
 
-def write_srt(segments: Iterable[SegmentDone]) -> str:
+def write_srt(segments: Iterable[SegmentDone], options: SubtitleOptions | None = None) -> str:
     blocks = [
         f"{n}\n{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}\n{_caption_text(c.text)}\n"
-        for n, c in enumerate(cues(segments), start=1)
+        for n, c in enumerate(subtitle_cues(segments, options), start=1)
     ]
     return "\n".join(blocks)
 
 
-def write_vtt(segments: Iterable[SegmentDone]) -> str:
+def _vtt_text(text: str) -> str:
+    escaped = _caption_text(text).replace("&", "&amp;").replace("<", "&lt;")
+    # highlight_words' underline is the one tag we write ourselves.
+    return escaped.replace("&lt;u>", "<u>").replace("&lt;/u>", "</u>")
+
+
+def write_vtt(segments: Iterable[SegmentDone], options: SubtitleOptions | None = None) -> str:
     blocks = [
-        f"{timestamp(c.start)} --> {timestamp(c.end)}\n"
-        + _caption_text(c.text).replace("&", "&amp;").replace("<", "&lt;")
-        + "\n"
-        for c in cues(segments)
+        f"{timestamp(c.start)} --> {timestamp(c.end)}\n{_vtt_text(c.text)}\n"
+        for c in subtitle_cues(segments, options)
+    ]
+    return "\n".join(["WEBVTT\n", *blocks])
+
+
+def write_chapters_vtt(chapters: Iterable[Mapping[str, Any]]) -> str:
+    """A WebVTT chapters track (``<track kind="chapters">``) from yt-dlp's chapters
+    (``start_time``, ``end_time``, ``title``)."""
+    blocks = [
+        f"{n}\n{timestamp(c['start_time'])} --> {timestamp(c['end_time'])}\n"
+        f"{_vtt_text(' '.join(str(c.get('title') or f'Chapter {n}').split()))}\n"
+        for n, c in enumerate(chapters, start=1)
     ]
     return "\n".join(["WEBVTT\n", *blocks])
 
@@ -119,18 +170,29 @@ def write_json(segments: Iterable[SegmentDone], meta: Meta | None = None) -> str
     }
     if meta is not None:
         doc["meta"] = to_dict(meta)
+        if meta.chapters:
+            doc["chapters"] = meta.chapters
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
 
 
-def write(fmt: str, segments: Iterable[SegmentDone], meta: Meta | None = None) -> str:
-    """Dispatch on a format name (:data:`FORMATS`, or ``text``)."""
+def write(
+    fmt: str,
+    segments: Iterable[SegmentDone],
+    meta: Meta | None = None,
+    subtitle_options: SubtitleOptions | None = None,
+) -> str:
+    """Dispatch on a format name (:data:`FORMATS`, or ``text``); ``subtitle_options`` shape
+    SRT and VTT (default: the broadcast rules)."""
     name = _ALIASES.get(fmt, fmt)
     if name == "json":
         return write_json(segments, meta)
-    writers = {"txt": write_txt, "srt": write_srt, "vtt": write_vtt}
-    if name not in writers:
+    if name == "srt":
+        return write_srt(segments, subtitle_options)
+    if name == "vtt":
+        return write_vtt(segments, subtitle_options)
+    if name != "txt":
         raise ValueError(f"unknown transcript format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return writers[name](segments)
+    return write_txt(segments)
 
 
 MEDIA_TYPES = {

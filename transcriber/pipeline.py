@@ -404,6 +404,7 @@ def _meta(src: Source, options: PipelineOptions) -> Meta:
         language=options.transcribe.language,
         task=options.transcribe.task,
         mode=options.mode,
+        chapters=src.chapters,
     )
 
 

@@ -28,6 +28,13 @@ const els = {
   segments: $("segments"),
   live: $("live"),
   downloads: ["txt", "srt", "vtt", "json"].map((fmt) => [fmt, $(`dl-${fmt}`)]),
+  player: $("player"),
+  media: $("media"),
+  yt: $("yt-player"),
+  playerNote: $("player-note"),
+  search: $("search"),
+  searchCount: $("search-count"),
+  follow: $("follow"),
 };
 
 /** State of the job on screen; rebuilt from events, so replays after a reconnect are harmless. */
@@ -43,6 +50,11 @@ function newJob(id) {
     announced: 0,
     finished: false,
     source: null,
+    query: "",
+    // Keep the playing line in view; off once the user scrolls away while it plays.
+    followPlaying: true,
+    currentRow: null,
+    currentWord: null,
   };
 }
 
@@ -184,6 +196,9 @@ function follow(id, eventsUrl) {
   setProgress(0, "");
   els.cancel.disabled = false;
   for (const [fmt, a] of els.downloads) a.href = withToken(`/jobs/${id}/transcript.${fmt}`);
+  resetPlayer();
+  els.search.value = "";
+  els.searchCount.textContent = "";
 
   const es = new EventSource(withToken(eventsUrl || `/jobs/${id}/events`));
   source = es;
@@ -231,6 +246,8 @@ function onMeta(meta) {
   els.duration.textContent = meta.duration ? clock(meta.duration) : "";
   document.title = `${meta.title} — streamscribe`;
   setStatus("transcribing", "busy");
+  setupPlayer(meta);
+  render();
 }
 
 function onSegment(seg) {
@@ -323,6 +340,7 @@ function timeLink(seconds) {
     a.rel = "noopener";
     a.textContent = label;
     a.title = `Open the video at ${label}`;
+    a.dataset.seek = String(seconds);
     return a;
   }
   const span = document.createElement("span");
@@ -355,7 +373,7 @@ function render() {
       const [start, end] = pendingRange(index);
       time.textContent = start == null ? "…" : `${clock(start)}–${end == null ? "…" : clock(end)}`;
     }
-    if (state === "done") text.textContent = seg.text.trim();
+    if (state === "done") text.append(...wordSpans(seg));
     else if (state === "silent") text.textContent = "(silence)";
     else if (state === "failed") text.textContent = "(this part could not be transcribed)";
     else {
@@ -363,11 +381,377 @@ function render() {
       li.setAttribute("aria-busy", job.finished ? "false" : "true");
     }
     if (state !== "pending") li.removeAttribute("aria-busy");
+    li.tabIndex = -1;
     li.replaceChildren(time, text);
   }
   renderTail();
+  renderChapters();
+  applySearch();
   announce();
 }
+
+/** The row's text as spans with their times: Whisper's words when the job has them (a click
+ * seeks to the word, playing highlights it), else its pieces. */
+function wordSpans(seg) {
+  const parts = [];
+  for (const piece of seg.pieces || []) {
+    const words = [];
+    for (const w of piece.words || []) {
+      // A word without a leading space (a "," or "'s" sent apart) belongs to the one before.
+      if (words.length && !/^\s/.test(w.word)) {
+        words[words.length - 1][2] += w.word.trim();
+      } else if (w.word.trim()) {
+        words.push([w.start, w.end, w.word.trim()]);
+      }
+    }
+    const spelled = words.map((w) => w[2]).join(" ");
+    if (words.length && spelled === piece.text.trim().split(/\s+/).join(" ")) parts.push(...words);
+    else if (piece.text.trim()) parts.push([piece.start, piece.end, piece.text.trim()]);
+  }
+  if (!parts.length) parts.push([seg.start, seg.end, seg.text.trim()]);
+  const out = [];
+  for (const [start, end, text] of parts) {
+    if (out.length) out.push(" ");
+    const span = document.createElement("span");
+    span.className = "w";
+    span.dataset.t = String(start);
+    span.dataset.e = String(end);
+    span.textContent = text;
+    out.push(span);
+  }
+  return out;
+}
+
+/** The start of the row at ``index``: its segment's, else what its neighbours tell. */
+function rowStart(index) {
+  const seg = job.segments.get(index);
+  return seg ? seg.start : pendingRange(index)[0];
+}
+
+/** yt-dlp's chapters as headings among the rows, each before the row that starts nearest to
+ * the chapter (rows are the server's segments; a chapter rarely starts exactly on one). */
+function renderChapters() {
+  for (const old of els.segments.querySelectorAll("li.chapter")) old.remove();
+  const chapters = (job.meta && job.meta.chapters) || [];
+  const rows = [...els.segments.querySelectorAll("li[data-index]")];
+  for (const chapter of chapters) {
+    let target = null;
+    let distance = Infinity;
+    for (const row of rows) {
+      const start = rowStart(Number(row.dataset.index));
+      if (start != null && Math.abs(start - chapter.start_time) < distance) {
+        distance = Math.abs(start - chapter.start_time);
+        target = row;
+      }
+    }
+    if (!target) continue;
+    const li = document.createElement("li");
+    li.className = "chapter";
+    const h = document.createElement("h3");
+    const time = document.createElement("span");
+    time.className = "time";
+    time.textContent = clock(chapter.start_time);
+    h.append(time, " ", chapter.title || "Chapter");
+    li.dataset.seek = String(chapter.start_time);
+    li.append(h);
+    els.segments.insertBefore(li, target);
+  }
+}
+
+// -- search ------------------------------------------------------------------------------------
+
+/** Rows that contain the query stay, the others are filtered out; the words of each match are
+ * marked, and the count of matches is shown. Runs after every render, so it follows the stream. */
+function applySearch() {
+  const query = job.query;
+  let matches = 0;
+  for (const li of els.segments.querySelectorAll("li[data-index]")) {
+    const spans = [...li.querySelectorAll(".text .w")];
+    for (const span of spans) span.classList.remove("hit");
+    if (!query) {
+      li.classList.remove("filtered", "match");
+      continue;
+    }
+    // The row's text with each word's place in it, so a match marks the words it touches.
+    let text = "";
+    const at = spans.map((span) => {
+      if (text) text += " ";
+      const from = text.length;
+      text += span.textContent.toLowerCase();
+      return [from, text.length];
+    });
+    let found = 0;
+    for (let i = text.indexOf(query); i !== -1; i = text.indexOf(query, i + query.length)) {
+      found += 1;
+      spans.forEach((span, n) => {
+        if (at[n][0] < i + query.length && at[n][1] > i) span.classList.add("hit");
+      });
+    }
+    matches += found;
+    li.classList.toggle("match", found > 0);
+    li.classList.toggle("filtered", found === 0);
+  }
+  els.segments.classList.toggle("searching", Boolean(query));
+  els.searchCount.textContent = !query ? "" : matches === 1 ? "1 match" : matches ? `${matches} matches` : "No matches";
+}
+
+els.search.addEventListener("input", () => {
+  if (!job) return;
+  job.query = els.search.value.trim().toLowerCase();
+  applySearch();
+});
+
+// -- the player ----------------------------------------------------------------------------------
+
+/** One face for the two players: the page's <audio> (uploads, links) and YouTube's iframe. */
+const player = {
+  kind: null, // "audio" | "youtube" | null
+  yt: null,
+  ytReady: false,
+  jobId: null,
+  time() {
+    if (this.kind === "audio") return els.media.currentTime;
+    return this.ytReady ? this.yt.getCurrentTime() : 0;
+  },
+  playing() {
+    if (this.kind === "audio") return !els.media.paused && !els.media.ended;
+    return this.ytReady && this.yt.getPlayerState() === YT.PlayerState.PLAYING;
+  },
+  seek(seconds) {
+    if (this.kind === "audio") els.media.currentTime = seconds;
+    else if (this.ytReady) this.yt.seekTo(seconds, true);
+  },
+  toggle() {
+    if (this.kind === "audio") {
+      if (els.media.paused) els.media.play().catch(() => {});
+      else els.media.pause();
+    } else if (this.ytReady) {
+      if (this.playing()) this.yt.pauseVideo();
+      else this.yt.playVideo();
+    }
+  },
+};
+
+function resetPlayer() {
+  stopTicking();
+  els.media.pause();
+  els.media.removeAttribute("src");
+  els.media.load();
+  els.yt.replaceChildren();
+  els.yt.hidden = true;
+  els.media.hidden = false;
+  els.player.hidden = true;
+  els.player.querySelector(".keys").hidden = false;
+  els.follow.hidden = true;
+  showNote("");
+  Object.assign(player, { kind: null, yt: null, ytReady: false, jobId: null });
+}
+
+function showNote(text) {
+  els.playerNote.textContent = text;
+  els.playerNote.hidden = !text;
+}
+
+/** YouTube: its IFrame player. Uploads: the job's own copy (/jobs/{id}/media, with Range).
+ * Other links: the link itself, when the browser can play it. */
+function setupPlayer(meta) {
+  if (player.jobId === job.id) return; // a replayed meta event
+  player.jobId = job.id;
+  els.player.hidden = false;
+  if (meta.is_youtube && meta.source_id) {
+    youtubePlayer(meta.source_id);
+    return;
+  }
+  player.kind = "audio";
+  els.media.src = meta.url ? meta.url : withToken(`/jobs/${job.id}/media`);
+}
+
+els.media.addEventListener("error", () => {
+  if (!els.media.getAttribute("src")) return;
+  els.media.hidden = true;
+  els.player.querySelector(".keys").hidden = true;
+  player.kind = null;
+  showNote(
+    job && job.meta && job.meta.url
+      ? "This link cannot be played in the page; the transcript follows below."
+      : "The media cannot be played in this browser; the transcript follows below.",
+  );
+});
+for (const type of ["play", "playing"]) els.media.addEventListener(type, startTicking);
+for (const type of ["pause", "ended"]) els.media.addEventListener(type, () => {
+  stopTicking();
+  highlight(player.time());
+});
+for (const type of ["seeked", "timeupdate"]) els.media.addEventListener(type, () => highlight(player.time()));
+
+function youtubePlayer(videoId) {
+  player.kind = "youtube";
+  els.media.hidden = true;
+  els.yt.hidden = false;
+  const holder = document.createElement("div");
+  els.yt.replaceChildren(holder);
+  const make = () => {
+    player.yt = new YT.Player(holder, {
+      videoId,
+      width: "100%",
+      playerVars: { playsinline: 1, rel: 0 },
+      events: {
+        onReady: () => {
+          player.ytReady = true;
+        },
+        onStateChange: (e) => {
+          if (e.data === YT.PlayerState.PLAYING) startTicking();
+          else {
+            stopTicking();
+            highlight(player.time());
+          }
+        },
+      },
+    });
+  };
+  if (window.YT && window.YT.Player) {
+    make();
+    return;
+  }
+  const previous = window.onYouTubeIframeAPIReady;
+  window.onYouTubeIframeAPIReady = () => {
+    if (previous) previous();
+    if (player.kind === "youtube" && els.yt.contains(holder)) make();
+  };
+  if (!document.getElementById("yt-api")) {
+    const script = document.createElement("script");
+    script.id = "yt-api";
+    script.src = "https://www.youtube.com/iframe_api";
+    script.onerror = () => {
+      script.remove();
+      showNote("YouTube's player could not be loaded; the times still link to the video.");
+    };
+    document.head.append(script);
+  }
+}
+
+let ticking = 0;
+
+function startTicking() {
+  if (ticking) return;
+  const tick = () => {
+    highlight(player.time());
+    ticking = player.playing() ? requestAnimationFrame(tick) : 0;
+  };
+  ticking = requestAnimationFrame(tick);
+}
+
+function stopTicking() {
+  if (ticking) cancelAnimationFrame(ticking);
+  ticking = 0;
+}
+
+/** Mark the row (and word) being played; keep it in view unless the user scrolled away. */
+function highlight(t) {
+  if (!job) return;
+  let row = null;
+  for (const li of els.segments.querySelectorAll("li[data-index]")) {
+    const seg = job.segments.get(Number(li.dataset.index));
+    if (seg && seg.start <= t && t < seg.end) row = li;
+  }
+  if (row !== job.currentRow) {
+    if (job.currentRow) {
+      job.currentRow.classList.remove("current");
+      job.currentRow.removeAttribute("aria-current");
+    }
+    job.currentRow = row;
+    if (row) {
+      row.classList.add("current");
+      row.setAttribute("aria-current", "true");
+      if (job.followPlaying) keepInView(row);
+    }
+  }
+  let word = null;
+  if (row) {
+    for (const span of row.querySelectorAll(".text .w")) if (Number(span.dataset.t) <= t + 0.05) word = span;
+  }
+  if (word !== job.currentWord) {
+    if (job.currentWord) job.currentWord.classList.remove("spoken");
+    job.currentWord = word;
+    if (word) word.classList.add("spoken");
+  }
+}
+
+function keepInView(row) {
+  const box = row.getBoundingClientRect();
+  if (box.top >= 0 && box.bottom <= innerHeight) return;
+  const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
+  row.scrollIntoView({ block: "center", behavior: smooth ? "smooth" : "auto" });
+}
+
+/** Seek to ``seconds`` and follow the playing line again (the user chose where to be). */
+function seekTo(seconds) {
+  if (!player.kind) return false;
+  player.seek(seconds);
+  job.followPlaying = true;
+  els.follow.hidden = true;
+  highlight(seconds);
+  return true;
+}
+
+// Scrolling by hand while it plays stops the page from pulling the view back.
+for (const type of ["wheel", "touchmove"]) {
+  addEventListener(type, () => {
+    if (job && player.kind && player.playing() && job.followPlaying) {
+      job.followPlaying = false;
+      els.follow.hidden = false;
+    }
+  }, { passive: true });
+}
+
+els.follow.addEventListener("click", () => {
+  job.followPlaying = true;
+  els.follow.hidden = true;
+  if (job.currentRow) keepInView(job.currentRow);
+});
+
+els.segments.addEventListener("click", (event) => {
+  if (!job || !player.kind || String(getSelection())) return;
+  const link = event.target.closest("[data-seek]");
+  const word = event.target.closest(".w");
+  const row = event.target.closest("li[data-index]");
+  let seconds = null;
+  if (link) seconds = Number(link.dataset.seek);
+  else if (word) seconds = Number(word.dataset.t);
+  else if (row && job.segments.has(Number(row.dataset.index))) seconds = job.segments.get(Number(row.dataset.index)).start;
+  if (seconds == null || !isFinite(seconds)) return;
+  if (link && link.tagName === "A" && player.kind === "youtube" && !player.ytReady) return; // open YouTube
+  event.preventDefault();
+  seekTo(seconds);
+});
+
+/** The rows a listener can move between: those with a transcript. */
+function playableRows() {
+  return [...els.segments.querySelectorAll("li[data-index]")].filter(
+    (li) => job.segments.has(Number(li.dataset.index)) && !li.classList.contains("filtered"),
+  );
+}
+
+document.addEventListener("keydown", (event) => {
+  if (!job || !player.kind || event.altKey || event.ctrlKey || event.metaKey) return;
+  const target = event.target;
+  if (target.closest && target.closest("input, textarea, select, button, a, audio, [contenteditable]")) return;
+  if (event.key === " ") {
+    event.preventDefault();
+    player.toggle();
+  } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    const rows = playableRows();
+    if (!rows.length) return;
+    event.preventDefault();
+    const from = rows.indexOf(target.closest ? target.closest("li[data-index]") : null);
+    const here = from !== -1 ? from : rows.indexOf(job.currentRow);
+    const step = event.key === "ArrowDown" ? 1 : -1;
+    const next = rows[Math.max(0, Math.min(rows.length - 1, here === -1 ? 0 : here + step))];
+    next.focus({ preventScroll: true });
+    keepInView(next);
+    seekTo(job.segments.get(Number(next.dataset.index)).start);
+  }
+});
 
 /** While audio is still arriving, one row stands for the part not cut into segments yet. */
 function renderTail() {

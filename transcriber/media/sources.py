@@ -62,6 +62,8 @@ class Source:
     chunk_size: int | None = None
     #: Stop the download past this many bytes (:class:`TooLarge`). Only used with a guard.
     max_bytes: int | None = None
+    #: yt-dlp's chapters: ``[{"start_time", "end_time", "title"}]`` (None: the source has none).
+    chapters: list[dict] | None = None
 
 
 # -- YouTube ids ----------------------------------------------------------------------------
@@ -338,6 +340,10 @@ def _resolve_url(
         guard=guard,
         chunk_size=chunk_size if guard is not None else None,
         max_bytes=max_bytes if guard is not None else None,
+        chapters=[
+            {"start_time": c["start_time"], "end_time": c["end_time"], "title": c.get("title") or ""}
+            for c in info.get("chapters") or ()
+        ] or None,
     )
 
 
