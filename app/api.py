@@ -46,6 +46,7 @@ from app.sse import (
     FORMATS,
     HEARTBEAT,
     STREAM_HEADERS,
+    EventStreamResponse,
     TextStream,
     choose_format,
     ndjson_event,
@@ -515,22 +516,21 @@ def create_app(
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "Internal server error; see the server log.")
 
-    def stream(request: Request, events: AsyncIterator[StoredEvent], fmt: str, job_id: str,
-               extra: dict[str, str] | None = None) -> StreamingResponse:
-        spec = request.scope.get("asgi", {}).get("spec_version", "2.0")
-        # Servers on ASGI spec >= 2.4 no longer cancel a response whose client left; poll then.
-        poll = request.is_disconnected if tuple(map(int, spec.split("."))) >= (2, 4) else None
+    def stream(events: AsyncIterator[StoredEvent], fmt: str, job_id: str,
+               extra: dict[str, str] | None = None) -> EventStreamResponse:
         text = TextStream()
 
         async def body() -> AsyncIterator[str]:
-            if fmt == "sse":
-                yield f"retry: {SSE_RETRY_MS}\n\n"
-            async for item in with_heartbeats(events, settings.heartbeat_s, disconnected=poll):
+            # ``retry:`` rides on the first event: alone, it would be an event of its own to
+            # spec-following clients (httpx-sse reports an empty ``message`` before ``meta``).
+            retry: int | None = SSE_RETRY_MS
+            async for item in with_heartbeats(events, settings.heartbeat_s):
                 if item is HEARTBEAT:
                     if fmt == "sse":
                         yield sse_comment("ping")
                 elif fmt == "sse":
-                    yield sse_event(item)
+                    yield sse_event(item, retry_ms=retry)
+                    retry = None
                 elif fmt == "ndjson":
                     yield ndjson_event(item)
                 elif out := text.feed(item):
@@ -538,7 +538,7 @@ def create_app(
 
         media = FORMATS[fmt] + ("; charset=utf-8" if fmt != "ndjson" else "")
         headers = {**STREAM_HEADERS, "X-Job-Id": job_id, **(extra or {})}
-        return StreamingResponse(body(), media_type=media, headers=headers)
+        return EventStreamResponse(body(), media_type=media, headers=headers)
 
     def pick_format(request: Request, explicit: str | None) -> str:
         fmt = choose_format(request.headers.get("accept"), explicit)
@@ -558,7 +558,7 @@ def create_app(
         job_request = await read_job_request(request)
         sub = await manager.submit(job_request, one_shot=True)
         events = await manager.follow(sub.record.id, one_shot=True)
-        return stream(request, events, fmt, sub.record.id, {"X-Cache": _cache_header(sub)})
+        return stream(events, fmt, sub.record.id, {"X-Cache": _cache_header(sub)})
 
     @app.post("/jobs", status_code=201, dependencies=auth, openapi_extra=_BODY_DOC, tags=["jobs"])
     async def create_job(request: Request) -> JSONResponse:
@@ -595,7 +595,7 @@ def create_app(
             last_event_id = int(header)
         fmt = pick_format(request, format)
         events = await manager.follow(job_id, last_event_id)
-        return stream(request, events, fmt, job_id)
+        return stream(events, fmt, job_id)
 
     @app.get("/jobs/{job_id}/transcript.{fmt}", dependencies=auth, tags=["jobs"],
              responses={200: {"content": {t: {} for t in formats.MEDIA_TYPES.values()}}})

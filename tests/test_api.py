@@ -5,18 +5,23 @@ loopback media server (the URL guard admits 127.0.0.1 for these tests only).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import httpx_sse
 import psutil
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from app.api import create_app
 from app.settings import YOUTUBE_HOSTS, Settings, SettingsError
-from app.sse import TextStream, choose_format, sse_frame
+from app.sse import EventStreamResponse, TextStream, choose_format, sse_frame
 from app.store import SQLiteStore, StoredEvent
 from tests.conftest import DATA, reference
 from tests.helpers.media_files import cache_dir, ffmpeg
@@ -253,6 +258,49 @@ def test_transcribe_streams_sse_per_spec(svc, media):
     job = httpx.get(svc.url(f"/jobs/{s.headers['x-job-id']}")).json()
     assert job["status"] == "done" and job["last_event_id"] == len(events)
     assert job["text"] == s.text().strip()
+
+
+def test_a_stock_sse_client_reads_meta_first_with_retry(svc, media):
+    """httpx-sse, a widely used client, parses the stream: no empty event before ``meta`` (a
+    lone ``retry:`` frame would be one) nor after each ``: ping`` (1 s heartbeats here)."""
+    url = media.url("/jfk.wav?v=httpx-sse")
+    with httpx.Client(base_url=svc.base_url, timeout=STREAM) as c:
+        with httpx_sse.connect_sse(c, "POST", "/transcribe", json={"url": url}) as source:
+            live = list(source.iter_sse())
+            job_id = source.response.headers["x-job-id"]
+        with httpx_sse.connect_sse(c, "GET", f"/jobs/{job_id}/events") as source:
+            replay = list(source.iter_sse())
+    for events in (live, replay):
+        assert [e.event for e in events][0] == "meta" and events[-1].event == "done"
+        assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+        assert events[0].retry == 2000 and all(e.retry is None for e in events[1:])
+        assert all(e.data for e in events)
+    assert [(e.event, e.data) for e in live] == [(e.event, e.data) for e in replay]
+
+
+def test_an_idle_stream_stops_as_soon_as_its_client_disconnects():
+    """The response listens on ``receive()``: a client that leaves while no event is due ends
+    the body (and so the job's event source) at once, not at the next write or heartbeat."""
+    closed = threading.Event()
+
+    async def idle():
+        try:
+            yield ": hello\n"
+            await asyncio.sleep(3600)
+        finally:
+            closed.set()
+
+    async def endpoint(request):
+        return EventStreamResponse(idle(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/idle", endpoint)])
+    with ServiceThread(app) as srv:
+        with httpx.stream("GET", srv.url("/idle"), timeout=10) as r:
+            assert next(r.iter_text()) == ": hello\n"
+            assert not closed.is_set()
+        left = time.monotonic()
+        assert closed.wait(5), "the body was never closed"
+        assert time.monotonic() - left < 2
 
 
 def test_ndjson_and_plain_text(svc, media, client):
