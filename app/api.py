@@ -12,7 +12,7 @@ Routes (OpenAPI at ``/docs``):
 - ``GET /healthz``; the page at ``/`` and its files under ``/static``.
 
 Every error is JSON ``{"detail": "...", "code": "..."}`` with a 4xx status: ``detail`` is a
-sentence for people, ``code`` is stable for programs (:data:`ERROR_CODES`; a link the URL guard
+sentence for people, ``code`` is stable for programs (:mod:`app.errors`; a link the URL guard
 refuses carries the guard's code, e.g. ``forbidden_address``). 429 carries ``Retry-After``.
 """
 
@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.jobs import JobError, JobManager, JobRequest, Submitted, remove_upload
+from app import errors
+from app.errors import ApiError
+from app.jobs import JobManager, JobRequest, Submitted, remove_upload
 from app.settings import Settings
 from app.sse import (
     FORMATS,
@@ -115,57 +115,9 @@ _BODY_DOC = {
 }
 
 
-def _plain(errors: list[dict[str, Any]]) -> str:
-    """Pydantic errors as one line for people: ``url: Field required; beam_size: ...``."""
-    parts = []
-    for err in errors:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header"))
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return "; ".join(parts) or "Invalid request."
-
-
-#: The ``code`` of an error response when nothing finer applies, by status.
-ERROR_CODES: dict[int, str] = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "busy",
-    500: "internal",
-}
-
-
-class ApiError(HTTPException):
-    """An HTTP error with a stable ``code`` beside its ``detail``."""
-
-    def __init__(
-        self, status: int, detail: str, code: str | None = None, headers: dict[str, str] | None = None
-    ):
-        super().__init__(status_code=status, detail=detail, headers=headers)
-        self.code = code or ERROR_CODES.get(status, "error")
-
-
 def _whole_number(text: str | None) -> bool:
     """ASCII digits that fit an int64 (``str.isdigit`` also takes "²", which ``int`` refuses)."""
     return bool(text) and len(text) <= 18 and text.isascii() and text.isdigit()
-
-
-def _http(
-    status: int, detail: str, headers: dict[str, str] | None = None, *, code: str | None = None
-) -> ApiError:
-    return ApiError(status, detail, code, headers)
-
-
-def error_response(
-    status: int, detail: str, code: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body = {"detail": detail, "code": code or ERROR_CODES.get(status, "error")}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -194,7 +146,6 @@ class _UploadSink:
         self._headers: dict[bytes, bytes] = {}
         self._name: str | None = None
         self._value = bytearray()
-        self.error: HTTPException | None = None
 
     def callbacks(self) -> dict[str, Any]:
         return {
@@ -224,7 +175,7 @@ class _UploadSink:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
         if self._name != "file" and self._name not in _OPTION_FIELDS:
-            raise _http(
+            raise ApiError(
                 422,
                 f"Unknown form field {self._name[:40]!r}: send the media as 'file', options as "
                 f"{', '.join(_OPTION_FIELDS)}.",
@@ -232,7 +183,7 @@ class _UploadSink:
             )
         if self._name == "file":
             if self._file is not None:
-                raise _http(400, "Send one file only.", code="bad_multipart")
+                raise ApiError(400, "Send one file only.", code="bad_multipart")
             self.filename = params.get(b"filename", b"upload").decode("utf-8", "replace")
             self._file = open(self.dest, "wb")  # noqa: SIM115 - closed in close()
 
@@ -241,7 +192,7 @@ class _UploadSink:
         if self._name == "file":
             self.size += len(chunk)
             if self.size > self.max_bytes:
-                raise _http(
+                raise ApiError(
                     413,
                     f"The file is larger than the {self.max_bytes / 2**20:g} MB limit.",
                     code="upload_too_large",
@@ -252,7 +203,7 @@ class _UploadSink:
             self._value += chunk
             self.field_bytes += len(chunk)
             if self.field_bytes > self.MAX_FIELD_BYTES:
-                raise _http(413, f"The form field {self._name!r} is too long.", code="field_too_long")
+                raise ApiError(413, f"The form field {self._name!r} is too long.", code="field_too_long")
 
     def _end(self) -> None:
         if self._name and self._name != "file":
@@ -267,14 +218,14 @@ async def _read_upload(request: Request, settings: Settings, content_type: str) 
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        raise _http(400, "The multipart body has no boundary.", code="bad_multipart")
+        raise ApiError(400, "The multipart body has no boundary.", code="bad_multipart")
     max_bytes = int(settings.max_upload_mb * 2**20)
     # The file, the option fields and the part headers: anything beyond is not an upload.
     max_body = max_bytes + 64 * 1024
     too_big = f"The file is larger than the {settings.max_upload_mb:g} MB limit."
     declared = request.headers.get("content-length")
     if _whole_number(declared) and int(declared) > max_body:
-        raise _http(413, too_big, code="upload_too_large")
+        raise ApiError(413, too_big, code="upload_too_large")
     # uploads/<random>/<the file's own name>: the name becomes the job's title.
     folder = settings.upload_dir / uuid.uuid4().hex
     folder.mkdir(parents=True)
@@ -287,13 +238,13 @@ async def _read_upload(request: Request, settings: Settings, content_type: str) 
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_body:
-                raise _http(413, too_big, code="upload_too_large")
+                raise ApiError(413, too_big, code="upload_too_large")
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as err:
         sink.close()
         remove_upload(str(dest))
-        raise _http(400, f"The multipart body is malformed ({err}).", code="bad_multipart") from None
+        raise ApiError(400, f"The multipart body is malformed ({err}).", code="bad_multipart") from None
     except BaseException:
         sink.close()
         remove_upload(str(dest))
@@ -301,14 +252,14 @@ async def _read_upload(request: Request, settings: Settings, content_type: str) 
     sink.close()
     try:
         if sink.filename is None:
-            raise _http(422, "file: a multipart upload needs a 'file' field.", code="no_file")
+            raise ApiError(422, "file: a multipart upload needs a 'file' field.", code="no_file")
         if sink.size == 0:
-            raise _http(422, "file: the uploaded file is empty.", code="empty_upload")
+            raise ApiError(422, "file: the uploaded file is empty.", code="empty_upload")
         options = TranscribeBody.model_validate({"url": "-", **_form_options(sink.fields)})
     except ValidationError as err:
         remove_upload(str(dest))
-        raise _http(422, _plain(err.errors())) from None
-    except HTTPException:
+        raise ApiError(422, errors.plain(err.errors())) from None
+    except ApiError:
         remove_upload(str(dest))
         raise
     # Keep the file's own name (its extension helps ffmpeg guess odd containers).
@@ -332,23 +283,23 @@ async def _read_json(request: Request, settings: Settings) -> JobRequest:
     too_big = f"The request body is larger than {settings.max_body_kb} KB."
     declared = request.headers.get("content-length", "")
     if _whole_number(declared) and int(declared) > limit:
-        raise _http(413, too_big, code="body_too_large")  # refused before reading a byte of it
+        raise ApiError(413, too_big, code="body_too_large")  # refused before reading a byte of it
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _http(413, too_big, code="body_too_large")
+            raise ApiError(413, too_big, code="body_too_large")
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as err:
         # ValueError: bad syntax or UTF-8, or an integer over Python's digit limit;
         # RecursionError: nesting deeper than the parser's stack.
         reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
-        raise _http(400, f"The body is not valid JSON ({reason}).", code="invalid_json") from None
+        raise ApiError(400, f"The body is not valid JSON ({reason}).", code="invalid_json") from None
     try:
         parsed = TranscribeBody.model_validate(data)
     except ValidationError as err:
-        raise _http(422, _plain(err.errors())) from None
+        raise ApiError(422, errors.plain(err.errors())) from None
     return JobRequest(**parsed.model_dump())
 
 
@@ -362,7 +313,7 @@ async def read_job_request(request: Request) -> JobRequest:
     elif media == "multipart/form-data":
         job_request = await _read_upload(request, settings, content_type)
     else:
-        raise _http(415, "Send JSON (application/json) or a file upload (multipart/form-data).")
+        raise ApiError(415, "Send JSON (application/json) or a file upload (multipart/form-data).")
     try:
         # The URL guard resolves the link's host (DNS): off the event loop.
         return await asyncio.to_thread(job_request.resolved, settings)
@@ -370,10 +321,10 @@ async def read_job_request(request: Request) -> JobRequest:
         remove_upload(job_request.upload)
         if err.address:
             log.warning("refused %s: %s resolves to %s", err.code, err.url, err.address)
-        raise _http(400, str(err), code=err.code) from None
+        raise ApiError(400, str(err), code=err.code) from None
     except ValueError as err:
         remove_upload(job_request.upload)
-        raise _http(422, str(err)) from None
+        raise ApiError(422, str(err)) from None
 
 
 # -- auth -----------------------------------------------------------------------------------------
@@ -395,7 +346,7 @@ def require_token(request: Request) -> None:
     elif request.method == "GET":
         given = request.query_params.get("token", "")
     if not hmac.compare_digest(given.encode(), token.encode()):
-        raise _http(401, "A valid access token is needed.", {"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "A valid access token is needed.", headers={"WWW-Authenticate": "Bearer"})
 
 
 # -- views ----------------------------------------------------------------------------------------
@@ -495,26 +446,7 @@ def create_app(
     app.state.manager = manager
     auth = [Depends(require_token)]
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Ours (ApiError) and Starlette's own (unknown path 404, wrong method 405).
-        return error_response(
-            exc.status_code, str(exc.detail), getattr(exc, "code", None), exc.headers
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, _plain(list(exc.errors())))
-
-    @app.exception_handler(JobError)
-    async def _job_error(request: Request, exc: JobError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else None
-        return error_response(exc.status, str(exc), exc.code, headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "Internal server error; see the server log.")
+    errors.install(app)
 
     def stream(events: AsyncIterator[StoredEvent], fmt: str, job_id: str,
                extra: dict[str, str] | None = None) -> EventStreamResponse:
@@ -546,7 +478,7 @@ def create_app(
             accept = request.headers.get("accept", "")
             if "application/json" in accept:
                 return "ndjson"
-            raise _http(406, "Ask for text/event-stream, application/x-ndjson or text/plain.")
+            raise ApiError(406, "Ask for text/event-stream, application/x-ndjson or text/plain.")
         return fmt
 
     @app.post("/transcribe", dependencies=auth, openapi_extra=_BODY_DOC,
@@ -589,7 +521,7 @@ def create_app(
         header = request.headers.get("last-event-id")
         if last_event_id is None and header:
             if not _whole_number(header.strip()):
-                raise _http(
+                raise ApiError(
                     400, "Last-Event-ID must be an event id from this stream.", code="bad_event_id"
                 )
             last_event_id = int(header)
@@ -602,7 +534,7 @@ def create_app(
     async def transcript(job_id: str, fmt: str) -> Response:
         """The transcript so far as a download (complete once the job is done)."""
         if fmt not in formats.FORMATS:
-            raise _http(404, f"Unknown transcript format {fmt[:20]!r}; use txt, srt, vtt or json.")
+            raise ApiError(404, f"Unknown transcript format {fmt[:20]!r}; use txt, srt, vtt or json.")
         record = await manager.get(job_id)
         stored = await manager.events(job_id)
         segments = formats.assemble(ev.data for ev in stored)

@@ -7,7 +7,8 @@ and only then is handed to live listeners — so anything a listener has seen ca
 Lifetimes:
 
 - A job runs while someone follows it, and for ``job_grace_s`` after the last listener leaves
-  (or after it was created, or last looked at with :meth:`JobManager.get`); then it is cancelled.
+  (or after it was created; looking at it with :meth:`JobManager.get` does not count); then it
+  is cancelled.
   One-shot streams (``POST /transcribe``) use a grace of zero: their client leaving stops the work,
   and their segments already inside an engine are stopped too (``abandon="kill"``: their workers
   are killed and replaced), so it all stops within a second. Other jobs, when cancelled or past
@@ -44,7 +45,7 @@ from app.store import (
     StoredEvent,
     completed_segments,
 )
-from transcriber.engine import ENGINES, EngineConfig, TranscribeOptions
+from transcriber.engine import EngineConfig, TranscribeOptions
 from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, to_dict
 from transcriber.fanout import Mapper
 from transcriber.media import youtube_id
@@ -53,27 +54,20 @@ from transcriber.urlguard import check_url
 
 log = logging.getLogger("streamscribe.jobs")
 
-MODES = ("parallel", "sequential")
-TASKS = ("transcribe", "translate")
-
-
 class JobError(Exception):
-    """Base of the errors the API maps to HTTP statuses; ``str()`` is for people, ``code`` is
-    stable for programs."""
+    """Base of the job manager's errors; ``str()`` is for people, ``code`` is stable for
+    programs (the API's status for each is in :data:`app.errors.JOB_ERROR_STATUS`)."""
 
-    status = 400
     code = "bad_request"
 
 
 class JobNotFound(JobError):
-    status = 404
     code = "not_found"
 
 
 class TooManyJobs(JobError):
     """The concurrent-job limit is reached; try again after ``retry_after`` seconds."""
 
-    status = 429
     code = "busy"
 
     def __init__(self, limit: int, retry_after: int):
@@ -85,7 +79,6 @@ class TooManyJobs(JobError):
 
 
 class NotResumable(JobError):
-    status = 409
     code = "not_resumable"
 
 
@@ -113,7 +106,9 @@ class JobRequest:
         """Defaults from ``settings`` filled in, and everything validated.
 
         Raises ``ValueError`` for a bad option and :class:`~transcriber.urlguard.UrlRefused`
-        for a link the URL guard refuses. Blocking: the link's host is resolved (DNS), so
+        for a link the URL guard refuses. The option values the request body's schema fixes
+        (engine, task, mode, beam size: ``app.api.TranscribeBody``) were checked there; what
+        depends on the settings (model, language) is checked here. Blocking: the link's host is resolved (DNS), so
         async code calls this in a thread. The URL comes back normalised (the guard's form),
         so spellings of one link share one cache entry.
         """
@@ -121,12 +116,6 @@ class JobRequest:
             raise ValueError("Give either a URL or a file.")
         url = None if self.url is None else check_url(self.url, settings.guard_policy()).url
         engine = self.engine or settings.engine
-        if engine not in ENGINES:
-            raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}.")
-        if self.task not in TASKS:
-            raise ValueError(f"Unknown task {self.task!r}; choose transcribe or translate.")
-        if self.mode not in MODES:
-            raise ValueError(f"Unknown mode {self.mode!r}; choose parallel or sequential.")
         model = self.model or settings.model
         if model != settings.model and model not in WHISPER_MODELS:
             # A request must never name a local path: only the server's model or a known name.
@@ -298,13 +287,11 @@ class JobManager:
             return Submitted(record, "new")
 
     async def get(self, job_id: str) -> JobRecord:
-        """The job's record; looking at a job counts as interest (restarts its grace period)."""
+        """The job's record. Looking is not listening: it leaves the grace period alone, or a
+        status poll every few seconds would keep an abandoned job running for ever."""
         record = await asyncio.to_thread(self.store.get_job, job_id)
         if record is None:
             raise JobNotFound(f"No job with id {job_id!r}.")
-        live = self._live.get(job_id)
-        if live is not None and not live.listeners:
-            self._arm_grace(live, self.settings.job_grace_s)
         return record
 
     async def events(self, job_id: str, after: int = 0) -> list[StoredEvent]:
@@ -432,7 +419,7 @@ class JobManager:
         self._live[record.id] = live
         self._by_key[record.key] = live
         # Nobody listens yet: the grace period runs from creation (a one-shot stream subscribes
-        # at once; a job made by POST /jobs has job_grace_s to be followed or looked at).
+        # at once; a job made by POST /jobs has job_grace_s to be followed).
         self._arm_grace(live, max(live.grace, self.settings.job_grace_s))
         live.task = asyncio.create_task(self._run(live, completed), name=f"job-{record.id}")
         live.task.add_done_callback(functools.partial(self._task_done, live))
