@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,6 +38,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app import errors
+from app.auth import AUTH, add_docs
 from app.errors import ApiError
 from app.jobs import JobManager, JobRequest, Submitted, remove_upload
 from app.settings import Settings
@@ -327,28 +327,6 @@ async def read_job_request(request: Request) -> JobRequest:
         raise ApiError(422, str(err)) from None
 
 
-# -- auth -----------------------------------------------------------------------------------------
-
-
-def require_token(request: Request) -> None:
-    """With ``STREAMSCRIBE_TOKEN`` set, API calls need ``Authorization: Bearer <token>``.
-
-    ``?token=`` is accepted on GET requests too: a browser's EventSource and download links
-    cannot send headers.
-    """
-    token = request.app.state.settings.token
-    if not token:
-        return
-    given = ""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        given = credentials.strip()
-    elif request.method == "GET":
-        given = request.query_params.get("token", "")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(401, "A valid access token is needed.", headers={"WWW-Authenticate": "Bearer"})
-
-
 # -- views ----------------------------------------------------------------------------------------
 
 
@@ -441,10 +419,15 @@ def create_app(
         summary="Paste a link, watch the Whisper transcript stream in.",
         version="0.1.0",
         lifespan=lifespan,
+        # Served by app.auth.add_docs instead: behind the token when one is set.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.manager = manager
-    auth = [Depends(require_token)]
+    auth = AUTH
+    add_docs(app)
 
     errors.install(app)
 

