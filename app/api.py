@@ -19,11 +19,9 @@ refuses carries the guard's code, e.g. ``forbidden_address``). 429 carries ``Ret
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,8 +32,6 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app import errors
 from app.auth import AUTH, add_docs
@@ -55,6 +51,7 @@ from app.sse import (
     with_heartbeats,
 )
 from app.store import JobRecord, Store, StoredEvent
+from app.uploads import receive_upload, whole_number
 from transcriber import formats
 from transcriber.engine import ENGINES
 from transcriber.events import Meta, from_dict, to_dict
@@ -115,174 +112,29 @@ _BODY_DOC = {
 }
 
 
-def _whole_number(text: str | None) -> bool:
-    """ASCII digits that fit an int64 (``str.isdigit`` also takes "²", which ``int`` refuses)."""
-    return bool(text) and len(text) <= 18 and text.isascii() and text.isdigit()
-
-
 # -- request bodies ------------------------------------------------------------------------------
 
 
-class _UploadSink:
-    """Streams one multipart body to disk: the ``file`` part into ``dest``, small fields in memory.
-
-    The size limit is enforced as bytes arrive, so an oversized upload is refused after at most
-    one chunk past the limit and never sits in memory or in a temporary file.
-    """
-
-    #: Bytes of all form fields together (the options are a few short words).
-    MAX_FIELD_BYTES = 4096
-
-    def __init__(self, dest: Path, max_bytes: int):
-        self.dest = dest
-        self.max_bytes = max_bytes
-        self.field_bytes = 0
-        self.fields: dict[str, str] = {}
-        self.filename: str | None = None
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-        self._file = None
-        self._header_name = b""
-        self._headers: dict[bytes, bytes] = {}
-        self._name: str | None = None
-        self._value = bytearray()
-
-    def callbacks(self) -> dict[str, Any]:
-        return {
-            "on_part_begin": self._begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_done,
-            "on_part_data": self._data,
-            "on_part_end": self._end,
-        }
-
-    def _begin(self) -> None:
-        self._headers, self._name, self._value = {}, None, bytearray()
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_name += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        key = self._header_name.lower()
-        self._headers[key] = self._headers.get(key, b"") + data[start:end]
-
-    def _header_end(self) -> None:
-        self._header_name = b""
-
-    def _headers_done(self) -> None:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        if self._name != "file" and self._name not in _OPTION_FIELDS:
-            raise ApiError(
-                422,
-                f"Unknown form field {self._name[:40]!r}: send the media as 'file', options as "
-                f"{', '.join(_OPTION_FIELDS)}.",
-                code="unknown_field",
-            )
-        if self._name == "file":
-            if self._file is not None:
-                raise ApiError(400, "Send one file only.", code="bad_multipart")
-            self.filename = params.get(b"filename", b"upload").decode("utf-8", "replace")
-            self._file = open(self.dest, "wb")  # noqa: SIM115 - closed in close()
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
-        if self._name == "file":
-            self.size += len(chunk)
-            if self.size > self.max_bytes:
-                raise ApiError(
-                    413,
-                    f"The file is larger than the {self.max_bytes / 2**20:g} MB limit.",
-                    code="upload_too_large",
-                )
-            self.sha256.update(chunk)
-            self._file.write(chunk)
-        else:
-            self._value += chunk
-            self.field_bytes += len(chunk)
-            if self.field_bytes > self.MAX_FIELD_BYTES:
-                raise ApiError(413, f"The form field {self._name!r} is too long.", code="field_too_long")
-
-    def _end(self) -> None:
-        if self._name and self._name != "file":
-            self.fields[self._name] = self._value.decode("utf-8", "replace")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-async def _read_upload(request: Request, settings: Settings, content_type: str) -> JobRequest:
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise ApiError(400, "The multipart body has no boundary.", code="bad_multipart")
-    max_bytes = int(settings.max_upload_mb * 2**20)
-    # The file, the option fields and the part headers: anything beyond is not an upload.
-    max_body = max_bytes + 64 * 1024
-    too_big = f"The file is larger than the {settings.max_upload_mb:g} MB limit."
-    declared = request.headers.get("content-length")
-    if _whole_number(declared) and int(declared) > max_body:
-        raise ApiError(413, too_big, code="upload_too_large")
-    # uploads/<random>/<the file's own name>: the name becomes the job's title.
-    folder = settings.upload_dir / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    dest = folder / "upload"
-    sink = _UploadSink(dest, max_bytes)
-    parser = MultipartParser(boundary, sink.callbacks())
-    received = 0
+async def _read_upload(request: Request, settings: Settings) -> JobRequest:
+    upload = await receive_upload(request, settings, _OPTION_FIELDS)
     try:
-        # Disk writes of one network chunk are short; the parser and file stay on this thread.
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_body:
-                raise ApiError(413, too_big, code="upload_too_large")
-            parser.write(chunk)
-        parser.finalize()
-    except MultipartParseError as err:
-        sink.close()
-        remove_upload(str(dest))
-        raise ApiError(400, f"The multipart body is malformed ({err}).", code="bad_multipart") from None
-    except BaseException:
-        sink.close()
-        remove_upload(str(dest))
-        raise
-    sink.close()
-    try:
-        if sink.filename is None:
-            raise ApiError(422, "file: a multipart upload needs a 'file' field.", code="no_file")
-        if sink.size == 0:
-            raise ApiError(422, "file: the uploaded file is empty.", code="empty_upload")
-        options = TranscribeBody.model_validate({"url": "-", **_form_options(sink.fields)})
+        options = TranscribeBody.model_validate({"url": "-", **upload.fields})
     except ValidationError as err:
-        remove_upload(str(dest))
+        remove_upload(str(upload.path))
         raise ApiError(422, errors.plain(err.errors())) from None
-    except ApiError:
-        remove_upload(str(dest))
-        raise
-    # Keep the file's own name (its extension helps ffmpeg guess odd containers).
-    name = re.sub(r"[^\w.\- ]+", "_", Path(sink.filename).name).strip(" .")[:120] or "upload"
-    final = dest.rename(folder / name)
     return JobRequest(
-        upload=str(final),
-        upload_sha256=sink.sha256.hexdigest(),
-        filename=Path(sink.filename).name[:200],
+        upload=str(upload.path),
+        upload_sha256=upload.sha256,
+        filename=upload.filename,
         **options.model_dump(exclude={"url"}),
     )
-
-
-def _form_options(fields: dict[str, str]) -> dict[str, Any]:
-    # Unknown fields were refused as they arrived (_UploadSink).
-    return {k: v for k, v in fields.items() if v != ""}
 
 
 async def _read_json(request: Request, settings: Settings) -> JobRequest:
     limit = settings.max_body_kb * 1024
     too_big = f"The request body is larger than {settings.max_body_kb} KB."
     declared = request.headers.get("content-length", "")
-    if _whole_number(declared) and int(declared) > limit:
+    if whole_number(declared) and int(declared) > limit:
         raise ApiError(413, too_big, code="body_too_large")  # refused before reading a byte of it
     body = bytearray()
     async for chunk in request.stream():
@@ -311,7 +163,7 @@ async def read_job_request(request: Request) -> JobRequest:
     if media == "application/json":
         job_request = await _read_json(request, settings)
     elif media == "multipart/form-data":
-        job_request = await _read_upload(request, settings, content_type)
+        job_request = await _read_upload(request, settings)
     else:
         raise ApiError(415, "Send JSON (application/json) or a file upload (multipart/form-data).")
     try:
@@ -503,7 +355,7 @@ def create_app(
         """Replay the job's events after ``Last-Event-ID`` (header or query), then follow live."""
         header = request.headers.get("last-event-id")
         if last_event_id is None and header:
-            if not _whole_number(header.strip()):
+            if not whole_number(header.strip()):
                 raise ApiError(
                     400, "Last-Event-ID must be an event id from this stream.", code="bad_event_id"
                 )
