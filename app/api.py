@@ -53,10 +53,10 @@ from app.sse import (
 from app.store import JobRecord, Store, StoredEvent
 from app.uploads import receive_upload, whole_number
 from transcriber import formats
-from transcriber.engine import ENGINES
 from transcriber.events import Meta, from_dict, to_dict
 from transcriber.fanout import Mapper
 from transcriber.urlguard import UrlRefused
+from transcriber.vocab import EngineName, Mode, Task
 
 log = logging.getLogger("streamscribe.api")
 
@@ -73,11 +73,11 @@ class TranscribeBody(BaseModel):
 
     url: str = Field(min_length=1, max_length=2048, description="An http(s) link yt-dlp understands.")
     model: str | None = Field(None, max_length=64, description="Whisper model name; default: the server's.")
-    engine: Literal[ENGINES] | None = Field(None, description="Default: the server's engine.")  # type: ignore[valid-type]
+    engine: EngineName | None = Field(None, description="Default: the server's engine.")
     language: str | None = Field(None, max_length=16, description="Spoken language code; default: detect.")
-    task: Literal["transcribe", "translate"] = "transcribe"
-    mode: Literal["parallel", "sequential"] = Field(
-        "parallel",
+    task: Task = Task.TRANSCRIBE
+    mode: Mode = Field(
+        Mode.PARALLEL,
         description="parallel: segments fan out to every worker (fast); sequential: one worker in "
         "order, each segment's text prompting the next (more consistent, slower).",
     )

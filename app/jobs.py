@@ -38,8 +38,6 @@ from typing import Any
 
 from app.settings import Settings
 from app.store import (
-    FINISHED,
-    INTERRUPTED,
     JobRecord,
     Store,
     StoredEvent,
@@ -51,6 +49,7 @@ from transcriber.fanout import Mapper
 from transcriber.media import youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.urlguard import check_url
+from transcriber.vocab import ACTIVE, FINISHED, JobStatus, Mode, Task
 
 log = logging.getLogger("streamscribe.jobs")
 
@@ -98,8 +97,8 @@ class JobRequest:
     engine: str | None = None
     #: None = detect.
     language: str | None = None
-    task: str = "transcribe"
-    mode: str = "parallel"
+    task: str = Task.TRANSCRIBE
+    mode: str = Mode.PARALLEL
     beam_size: int | None = None
 
     def resolved(self, settings: Settings) -> JobRequest:
@@ -241,9 +240,9 @@ class JobManager:
         """Mark jobs a dead server left behind as interrupted; returns how many."""
         if not self.recover:
             return 0
-        stale = await asyncio.to_thread(self.store.jobs_with_status, ("queued", "running"))
+        stale = await asyncio.to_thread(self.store.jobs_with_status, ACTIVE)
         for rec in stale:
-            await asyncio.to_thread(self.store.update_job, rec.id, status=INTERRUPTED)
+            await asyncio.to_thread(self.store.update_job, rec.id, status=JobStatus.INTERRUPTED)
         return len(stale)
 
     async def shutdown(self) -> None:
@@ -269,12 +268,12 @@ class JobManager:
                 self.stats.jobs_joined += 1
                 self._discard_upload(request, live.request)
                 return Submitted(live.record, "joined")
-            done = await asyncio.to_thread(self.store.find_by_key, key, ("done",))
+            done = await asyncio.to_thread(self.store.find_by_key, key, (JobStatus.DONE,))
             if done is not None:
                 self.stats.cache_hits += 1
                 self._discard_upload(request, None)
                 return Submitted(done, "cached")
-            stale = await asyncio.to_thread(self.store.find_by_key, key, (INTERRUPTED,))
+            stale = await asyncio.to_thread(self.store.find_by_key, key, (JobStatus.INTERRUPTED,))
             if stale is not None:
                 self._discard_upload(request, JobRequest(**stale.request))
                 live = await self._resume(stale, one_shot=one_shot)
@@ -305,8 +304,8 @@ class JobManager:
             self._stop(live, "cancelled")
             await live.closed.wait()
             record = await self.get(job_id)
-        elif record.status == INTERRUPTED:
-            await asyncio.to_thread(self.store.update_job, job_id, status="cancelled")
+        elif record.status == JobStatus.INTERRUPTED:
+            await asyncio.to_thread(self.store.update_job, job_id, status=JobStatus.CANCELLED)
             record = await self.get(job_id)
         return record
 
@@ -324,7 +323,7 @@ class JobManager:
             record = await asyncio.to_thread(self.store.get_job, job_id)
             if record is None:
                 raise JobNotFound(f"No job with id {job_id!r}.")
-            if record.status == INTERRUPTED:
+            if record.status == JobStatus.INTERRUPTED:
                 async with self._submit_lock:
                     live = self._live.get(job_id) or await self._resume(record, one_shot=one_shot)
         return self._follow(job_id, last_event_id or 0, live)
@@ -455,10 +454,11 @@ class JobManager:
         record, request = live.record, live.request
         resumed = live.seq > 0
         skip = {seg.index for seg in completed}
-        status, error = "error", None
+        status: JobStatus = JobStatus.ERROR
+        error: str | None = None
         wall = self.settings.max_job_wall_s or None
         try:
-            await asyncio.to_thread(self.store.update_job, record.id, status="running")
+            await asyncio.to_thread(self.store.update_job, record.id, status=JobStatus.RUNNING)
             async with asyncio.timeout(wall):
                 stream = transcribe_stream(
                     request.url or request.upload,
@@ -476,12 +476,12 @@ class JobManager:
                             continue
                         await self._emit(live, event)
                         if isinstance(event, Done):
-                            status = "done"
+                            status = JobStatus.DONE
                         elif isinstance(event, Failed):
-                            status, error = "error", event.message
+                            status, error = JobStatus.ERROR, event.message
                 finally:
                     await stream.aclose()
-            if status != "done" and error is None:
+            if status != JobStatus.DONE and error is None:
                 error = "The transcription ended without a result."
                 await self._emit(live, Failed(error, code="internal"))
         except TimeoutError:
@@ -491,9 +491,9 @@ class JobManager:
             reason = live.stop_reason or "shutdown"
             if reason == "shutdown":
                 # Not the user's doing: leave it resumable for the next server.
-                status = INTERRUPTED
+                status = JobStatus.INTERRUPTED
             else:
-                status = "cancelled"
+                status = JobStatus.CANCELLED
                 error = (
                     "Cancelled."
                     if reason == "cancelled"
@@ -511,10 +511,10 @@ class JobManager:
         """Safety net: a task cancelled before its first step never runs its own clean-up."""
         if not live.finishing:
             reason = live.stop_reason or "shutdown"
-            status = INTERRUPTED if reason == "shutdown" else "cancelled"
+            status = JobStatus.INTERRUPTED if reason == "shutdown" else JobStatus.CANCELLED
             asyncio.get_running_loop().create_task(self._finish(live, status, None))
 
-    async def _finish(self, live: _Live, status: str, error: str | None) -> None:
+    async def _finish(self, live: _Live, status: JobStatus, error: str | None) -> None:
         live.finishing = True
         rec = live.record
         try:

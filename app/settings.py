@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transcriber.urlguard import ANY_HOST, YOUTUBE_HOSTS, GuardPolicy
+from transcriber.vocab import EngineName
 
 ENV_PREFIX = "STREAMSCRIBE_"
 
@@ -27,7 +28,7 @@ class Settings:
     #: ``STREAMSCRIBE_MODEL``: Whisper model name (``tiny.en`` ... ``large-v3``) or a local path.
     model: str = "tiny.en"
     #: ``STREAMSCRIBE_ENGINE``: ``faster-whisper`` or ``openai-whisper``.
-    engine: str = "faster-whisper"
+    engine: str = EngineName.FASTER_WHISPER
     #: ``STREAMSCRIBE_WORKERS``: local worker processes (0 = one per core, up to cores/threads).
     workers: int = 0
     #: ``STREAMSCRIBE_THREADS``: intra-op threads per worker (0 = the engine's default).
@@ -84,7 +85,7 @@ class Settings:
         d = cls()
         settings = cls(
             model=env.text("MODEL", d.model),
-            engine=env.choice("ENGINE", d.engine, ("faster-whisper", "openai-whisper")),
+            engine=env.choice("ENGINE", d.engine, tuple(EngineName)),
             workers=env.integer("WORKERS", d.workers, minimum=0),
             threads=env.integer("THREADS", d.threads, minimum=0),
             data_dir=Path(env.text("DATA_DIR", str(d.data_dir))),

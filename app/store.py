@@ -22,12 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from transcriber.events import SegmentDone, from_dict
-
-#: A job that will produce no more events.
-FINISHED = ("done", "error", "cancelled")
-#: A job that was queued or running when its server died; asking for it again resumes it.
-INTERRUPTED = "interrupted"
-STATUSES = ("queued", "running", *FINISHED, INTERRUPTED)
+from transcriber.vocab import JobStatus
 
 
 @dataclass
@@ -37,7 +32,7 @@ class JobRecord:
     key: str
     #: The request as JSON-ready data (``app.jobs.JobRequest`` fields).
     request: dict[str, Any]
-    status: str = "queued"
+    status: str = JobStatus.QUEUED
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     title: str | None = None

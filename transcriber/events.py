@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from transcriber.vocab import Mode, Task
+
 
 @dataclass
 class Meta:
@@ -26,8 +28,8 @@ class Meta:
     webpage_url: str | None = None
     is_youtube: bool = False
     language: str | None = None
-    task: str = "transcribe"
-    mode: str = "parallel"
+    task: str = Task.TRANSCRIBE
+    mode: str = Mode.PARALLEL
 
 
 @dataclass

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from transcriber.events import Event, Meta, SegmentDone, from_dict, to_dict
+from transcriber.vocab import OutputFormat
 
-FORMATS = ("txt", "srt", "vtt", "json")
+FORMATS = tuple(OutputFormat)
 """Names accepted by :func:`write`; ``text`` is an alias of ``txt``."""
 
 _ALIASES = {"text": "txt"}
