@@ -115,6 +115,13 @@ def test_a_link_streams_into_the_page_and_downloads_as_srt(page, svc, media, art
 
     page.locator("#job-status", has_text="done").wait_for(timeout=180_000)
     done_at = time.monotonic() - started
+    # Done: the bar is drawn full at once, not sliding there (page-done.png once caught it at
+    # 70 %), so measure it before anything else.
+    bar, track = page.evaluate(
+        "[document.querySelector('#progress .bar').getBoundingClientRect().width,"
+        " document.querySelector('#progress').getBoundingClientRect().width]"
+    )
+    assert bar == track > 0, (bar, track)
     media.throttle_bytes_per_s = None
     print(f"\npage: first segment after {first_at:.1f} s, done after {done_at:.1f} s")
     page.screenshot(path=str(artifacts_dir / "page-done.png"), full_page=True)

@@ -297,6 +297,9 @@ function finish(status, kind) {
 
 function setProgress(fraction, text) {
   const pct = Math.round(Math.max(0, Math.min(1, fraction)) * 100);
+  // Full means finished: no easing into it, or a look (or a screenshot) right at the end
+  // finds the bar short of full while it slides.
+  els.progress.classList.toggle("complete", pct === 100);
   els.progress.querySelector(".bar").style.width = `${pct}%`;
   els.progress.setAttribute("aria-valuenow", String(pct));
   els.progressText.textContent = text;
