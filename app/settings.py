@@ -1,7 +1,8 @@
 """Service settings, read once from ``STREAMSCRIBE_*`` environment variables.
 
-Every field documents its variable and default; the README's table is generated from the same
-words. Nothing here runs at import time: :meth:`Settings.from_env` is called by the entry point
+Every field documents its variable and default; the README's table says the same, and
+tests/test_settings_docs.py checks it against these definitions (variables and defaults), so
+the two cannot drift apart. Nothing here runs at import time: :meth:`Settings.from_env` is called by the entry point
 (``app.local``, ``app.modal_app``) or by a test that builds its own settings.
 """
 
