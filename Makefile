@@ -30,6 +30,8 @@ browser-deps:
 test: venv browser-deps
 	$(PY) -m pytest -q
 
+# Every module still has tests here; the slow ones (whole jobs, crash and kill scenarios, load)
+# run in `make test`.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not browser"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, reference
+from tests.helpers.media_files import talk_m4a
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import wer
 from tests.helpers.server import ServiceProcess
@@ -36,16 +37,8 @@ TALK_SECONDS = 49.0
 
 
 @pytest.fixture(scope="module")
-def talk(tmp_path_factory) -> Path:
-    from tests.helpers.media_files import ffmpeg
-
-    out = tmp_path_factory.mktemp("media") / "talk.m4a"
-    inputs = [arg for name in CLIPS for arg in ("-i", str(DATA / f"{name}.wav"))]
-    pads = "".join(f"[{i}:a]apad=pad_dur=1.0[a{i}];" for i in range(len(CLIPS)))
-    joined = "".join(f"[a{i}]" for i in range(len(CLIPS)))
-    ffmpeg(*inputs, "-filter_complex", f"{pads}{joined}concat=n={len(CLIPS)}:v=0:a=1[out]",
-           "-map", "[out]", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(out))  # fmt: skip
-    return out
+def talk() -> Path:
+    return talk_m4a(CLIPS, 1.0)[0]
 
 
 @pytest.fixture(scope="module")

@@ -134,6 +134,7 @@ def test_bad_arguments_exit_2(args, capsys) -> None:
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_everything(tmp_path) -> None:
     # ~100 s served at 4x real time: the first 30 s segment is out long before the end.
     wav, _ = speech_mix(tmp_path / "speech.wav", CLIPS, repeat=3)
