@@ -93,6 +93,7 @@ def test_ndjson_prints_every_event(short_mix) -> None:
     assert wer(reference, text) <= 0.15
 
 
+@pytest.mark.slow
 def test_srt_to_a_file_with_whispers_option_name(short_mix, tmp_path) -> None:
     wav, reference = short_mix
     out = tmp_path / "speech.srt"
