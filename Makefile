@@ -35,8 +35,10 @@ test: venv browser-deps
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not browser"
 
+# ruff for style, mypy (config in pyproject.toml) for the types between modules.
 lint: venv
 	$(PY) -m ruff check transcriber app bench tests
+	$(PY) -m mypy
 
 bench: venv
 	$(PY) -m bench

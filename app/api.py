@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,9 +40,9 @@ from app.jobs import JobManager, JobRequest, Submitted, remove_upload
 from app.settings import Settings
 from app.sse import (
     FORMATS,
-    HEARTBEAT,
     STREAM_HEADERS,
     EventStreamResponse,
+    Heartbeat,
     TextStream,
     choose_format,
     ndjson_event,
@@ -283,7 +283,7 @@ def create_app(
 
     errors.install(app)
 
-    def stream(events: AsyncIterator[StoredEvent], fmt: str, job_id: str,
+    def stream(events: AsyncGenerator[StoredEvent, None], fmt: str, job_id: str,
                extra: dict[str, str] | None = None) -> EventStreamResponse:
         text = TextStream()
 
@@ -292,7 +292,7 @@ def create_app(
             # spec-following clients (httpx-sse reports an empty ``message`` before ``meta``).
             retry: int | None = SSE_RETRY_MS
             async for item in with_heartbeats(events, settings.heartbeat_s):
-                if item is HEARTBEAT:
+                if isinstance(item, Heartbeat):
                     if fmt == "sse":
                         yield sse_comment("ping")
                 elif fmt == "sse":
@@ -373,7 +373,8 @@ def create_app(
         record = await manager.get(job_id)
         stored = await manager.events(job_id)
         segments = formats.assemble(ev.data for ev in stored)
-        meta = next((from_dict(ev.data) for ev in stored if ev.type == Meta.type), None)
+        metas = [m for ev in stored if ev.type == Meta.type and isinstance(m := from_dict(ev.data), Meta)]
+        meta = metas[0] if metas else None
         document = formats.write(fmt, segments, meta)
         return Response(
             document,

@@ -10,6 +10,7 @@ guard's code, e.g. ``forbidden_address``). 429 carries ``Retry-After``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -59,7 +60,7 @@ class ApiError(HTTPException):
         self.code = code or ERROR_CODES.get(status, "error")
 
 
-def plain(errors: list[dict[str, Any]]) -> str:
+def plain(errors: Iterable[Mapping[str, Any]]) -> str:
     """Pydantic errors as one line for people: ``url: Field required; beam_size: ...``."""
     parts = []
     for err in errors:
@@ -69,7 +70,7 @@ def plain(errors: list[dict[str, Any]]) -> str:
 
 
 def _response(
-    status: int, detail: str, code: str | None = None, headers: dict[str, str] | None = None
+    status: int, detail: str, code: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body = {"detail": detail, "code": code or ERROR_CODES.get(status, "error")}
     return JSONResponse(body, status_code=status, headers=headers)

@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,7 @@ class JobRequest:
         """The source's identity: a YouTube video id, the upload's hash, else the URL."""
         if self.upload is not None:
             return f"file:{self.upload_sha256}"
+        assert self.url is not None  # a request names a URL or an upload
         vid = youtube_id(self.url)
         return f"youtube:{vid}" if vid else f"url:{self.url}"
 
@@ -311,7 +312,7 @@ class JobManager:
 
     async def follow(
         self, job_id: str, last_event_id: int | None = None, *, one_shot: bool = False
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         """Events after ``last_event_id`` (from the store), then live ones until the job ends.
 
         Checks run now (:class:`JobNotFound`; an interrupted job is resumed, which may raise
@@ -335,7 +336,7 @@ class JobManager:
 
     async def _follow(
         self, job_id: str, after: int, live: _Live | None
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         # Subscribe before reading the store: every event published from now on is queued, and
         # every earlier one is already stored (stored before published). Overlap is dropped by seq.
         queue = self._listen(live) if live is not None else None
@@ -350,7 +351,7 @@ class JobManager:
                     after = ev.seq
                     yield ev
         finally:
-            if queue is not None:
+            if live is not None and queue is not None:
                 self._unlisten(live, queue)
 
     def _listen(self, live: _Live) -> asyncio.Queue:
@@ -429,9 +430,11 @@ class JobManager:
         s = self.settings
         return PipelineOptions(
             # Threads per worker are the mapper's business (a local pool splits the cores).
-            engine=EngineConfig(engine=request.engine, model=request.model),
+            engine=EngineConfig(engine=request.engine or s.engine, model=request.model or s.model),
             transcribe=TranscribeOptions(
-                language=request.language, task=request.task, beam_size=request.beam_size
+                language=request.language,
+                task=request.task,
+                beam_size=request.beam_size or s.beam_size,
             ),
             mode=request.mode,
             max_duration=s.max_duration_s or None,
@@ -460,8 +463,10 @@ class JobManager:
         try:
             await asyncio.to_thread(self.store.update_job, record.id, status=JobStatus.RUNNING)
             async with asyncio.timeout(wall):
+                source = request.url or request.upload
+                assert source is not None  # a request names a URL or an upload
                 stream = transcribe_stream(
-                    request.url or request.upload,
+                    source,
                     self.pipeline_options(request),
                     self.mapper,
                     completed={seg.index: seg for seg in completed} or None,
@@ -480,7 +485,8 @@ class JobManager:
                         elif isinstance(event, Failed):
                             status, error = JobStatus.ERROR, event.message
                 finally:
-                    await stream.aclose()
+                    # transcribe_stream is an async generator, annotated as an AsyncIterator.
+                    await stream.aclose()  # type: ignore[attr-defined]
             if status != JobStatus.DONE and error is None:
                 error = "The transcription ended without a result."
                 await self._emit(live, Failed(error, code="internal"))

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 from transcriber.urlguard import ANY_HOST, YOUTUBE_HOSTS, GuardPolicy
 from transcriber.vocab import EngineName
@@ -151,6 +152,10 @@ class _Env:
     def _fail(self, name: str, want: str) -> SettingsError:
         return SettingsError(f"{ENV_PREFIX}{name}={self._raw(name)!r}: expected {want}")
 
+    @overload
+    def text(self, name: str, default: str) -> str: ...
+    @overload
+    def text(self, name: str, default: None) -> str | None: ...
     def text(self, name: str, default: str | None) -> str | None:
         raw = self._raw(name)
         return default if raw is None else raw

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -29,8 +29,11 @@ FORMATS = {
 #: Headers for every streamed response: no caching, and no buffering by nginx-like proxies.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-#: Sent by :func:`with_heartbeats` when its source was idle for an interval.
-HEARTBEAT = object()
+class Heartbeat:
+    """What :func:`with_heartbeats` yields when its source was idle for an interval."""
+
+
+HEARTBEAT = Heartbeat()
 
 T = TypeVar("T")
 
@@ -138,7 +141,9 @@ class TextStream:
         return "".join(out)
 
 
-async def with_heartbeats(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | object]:
+async def with_heartbeats(
+    source: AsyncGenerator[T, None], interval: float
+) -> AsyncIterator[T | Heartbeat]:
     """Items of ``source``, with :data:`HEARTBEAT` after each ``interval`` seconds of silence.
 
     The source is closed when this iterator is (a client that left cancels the response, see

@@ -83,6 +83,7 @@ def completed_segments(events: Iterable[StoredEvent]) -> list[SegmentDone]:
     for ev in events:
         if ev.type == SegmentDone.type:
             seg = from_dict(ev.data)
+            assert isinstance(seg, SegmentDone)
             by_index[seg.index] = seg
     return [by_index[i] for i in sorted(by_index)]
 
@@ -202,7 +203,7 @@ class SQLiteStore:
         rows = self._db().execute(
             f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created", statuses
         ).fetchall()
-        return [self._job(r) for r in rows]
+        return [job for r in rows if (job := self._job(r)) is not None]
 
     def append_event(self, job_id: str, event: StoredEvent) -> None:
         with self._write() as db:

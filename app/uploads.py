@@ -16,7 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -27,9 +27,9 @@ from app.jobs import remove_upload
 from app.settings import Settings
 
 
-def whole_number(text: str | None) -> bool:
+def whole_number(text: str | None) -> TypeGuard[str]:
     """ASCII digits that fit an int64 (``str.isdigit`` also takes "²", which ``int`` refuses)."""
-    return bool(text) and len(text) <= 18 and text.isascii() and text.isdigit()
+    return text is not None and 0 < len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 @dataclass
@@ -124,7 +124,7 @@ class _UploadSink:
         self._name: str | None = None
         self._value = bytearray()
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> Any:  # python-multipart's MultipartCallbacks (a TypedDict)
         return {
             "on_part_begin": self._begin,
             "on_header_field": self._header_field,

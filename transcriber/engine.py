@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -373,7 +373,7 @@ class FasterWhisperEngine:
             )
         except Exception as err:  # hub errors, corrupt files, unsupported compute types
             raise _load_error(config, err) from err
-        self._batched = None
+        self._batched: Any = None  # a BatchedInferencePipeline, made on first use
 
     def _kwargs(self, options: TranscribeOptions, seconds: float) -> dict:
         return dict(

@@ -7,6 +7,7 @@ Timestamps are absolute seconds from the start of the source.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -112,7 +113,7 @@ def to_dict(event: Event) -> dict[str, Any]:
     return {"type": event.type, **asdict(event)}
 
 
-def from_dict(data: dict[str, Any]) -> Event:
+def from_dict(data: Mapping[str, Any]) -> Event:
     """Inverse of :func:`to_dict`."""
     data = dict(data)
     cls = EVENT_TYPES[data.pop("type")]
