@@ -30,11 +30,15 @@ browser-deps:
 test: venv browser-deps
 	$(PY) -m pytest -q
 
+# Every module still has tests here; the slow ones (whole jobs, crash and kill scenarios, load)
+# run in `make test`.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not browser"
 
+# ruff for style, mypy (config in pyproject.toml) for the types between modules.
 lint: venv
 	$(PY) -m ruff check transcriber app bench tests
+	$(PY) -m mypy
 
 bench: venv
 	$(PY) -m bench

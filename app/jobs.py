@@ -7,7 +7,8 @@ and only then is handed to live listeners — so anything a listener has seen ca
 Lifetimes:
 
 - A job runs while someone follows it, and for ``job_grace_s`` after the last listener leaves
-  (or after it was created, or last looked at with :meth:`JobManager.get`); then it is cancelled.
+  (or after it was created; looking at it with :meth:`JobManager.get` does not count); then it
+  is cancelled.
   One-shot streams (``POST /transcribe``) use a grace of zero: their client leaving stops the work,
   and their segments already inside an engine are stopped too (``abandon="kill"``: their workers
   are killed and replaced), so it all stops within a second. Other jobs, when cancelled or past
@@ -33,50 +34,42 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
 from app.store import (
-    FINISHED,
-    INTERRUPTED,
     JobRecord,
     Store,
     StoredEvent,
     completed_segments,
 )
-from transcriber.engine import ENGINES, EngineConfig, TranscribeOptions
+from transcriber.engine import EngineConfig, TranscribeOptions
 from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, to_dict
 from transcriber.fanout import Mapper
 from transcriber.media import youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.urlguard import check_url
+from transcriber.vocab import ACTIVE, FINISHED, JobStatus, Mode, Task
 
 log = logging.getLogger("streamscribe.jobs")
 
-MODES = ("parallel", "sequential")
-TASKS = ("transcribe", "translate")
-
-
 class JobError(Exception):
-    """Base of the errors the API maps to HTTP statuses; ``str()`` is for people, ``code`` is
-    stable for programs."""
+    """Base of the job manager's errors; ``str()`` is for people, ``code`` is stable for
+    programs (the API's status for each is in :data:`app.errors.JOB_ERROR_STATUS`)."""
 
-    status = 400
     code = "bad_request"
 
 
 class JobNotFound(JobError):
-    status = 404
     code = "not_found"
 
 
 class TooManyJobs(JobError):
     """The concurrent-job limit is reached; try again after ``retry_after`` seconds."""
 
-    status = 429
     code = "busy"
 
     def __init__(self, limit: int, retry_after: int):
@@ -88,21 +81,18 @@ class TooManyJobs(JobError):
 
 
 class NotResumable(JobError):
-    status = 409
     code = "not_resumable"
 
 
 class RunningElsewhere(JobError):
     """Another server (a second web container on Modal) holds the job's lease and runs it."""
 
-    status = 409
     code = "running_elsewhere"
 
 
 class ModelNotServed(JobError):
     """The mapper cannot run this engine/model (a Modal deployment serves one, pinned)."""
 
-    status = 400
     code = "model_not_served"
 
 
@@ -122,8 +112,8 @@ class JobRequest:
     engine: str | None = None
     #: None = detect.
     language: str | None = None
-    task: str = "transcribe"
-    mode: str = "parallel"
+    task: str = Task.TRANSCRIBE
+    mode: str = Mode.PARALLEL
     beam_size: int | None = None
     #: Word-level times on every piece (``words``): the page highlights the spoken word and
     #: subtitles break between words at their real times. On unless asked otherwise.
@@ -139,7 +129,9 @@ class JobRequest:
         """Defaults from ``settings`` filled in, and everything validated.
 
         Raises ``ValueError`` for a bad option and :class:`~transcriber.urlguard.UrlRefused`
-        for a link the URL guard refuses. Blocking: the link's host is resolved (DNS), so
+        for a link the URL guard refuses. The option values the request body's schema fixes
+        (engine, task, mode, beam size: ``app.api.TranscribeBody``) were checked there; what
+        depends on the settings (model, language) is checked here. Blocking: the link's host is resolved (DNS), so
         async code calls this in a thread. The URL comes back normalised (the guard's form),
         so spellings of one link share one cache entry.
         """
@@ -147,12 +139,6 @@ class JobRequest:
             raise ValueError("Give either a URL or a file.")
         url = None if self.url is None else check_url(self.url, settings.guard_policy()).url
         engine = self.engine or settings.engine
-        if engine not in ENGINES:
-            raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}.")
-        if self.task not in TASKS:
-            raise ValueError(f"Unknown task {self.task!r}; choose transcribe or translate.")
-        if self.mode not in MODES:
-            raise ValueError(f"Unknown mode {self.mode!r}; choose parallel or sequential.")
         model = self.model or settings.model
         if model != settings.model and model not in WHISPER_MODELS:
             # A request must never name a local path: only the server's model or a known name.
@@ -176,6 +162,7 @@ class JobRequest:
         """The source's identity: a YouTube video id, the upload's hash, else the URL."""
         if self.upload is not None:
             return f"file:{self.upload_sha256}"
+        assert self.url is not None  # a request names a URL or an upload
         vid = youtube_id(self.url)
         return f"youtube:{vid}" if vid else f"url:{self.url}"
 
@@ -284,10 +271,10 @@ class JobManager:
         """Mark jobs a dead server left behind as interrupted; returns how many."""
         if not self.recover:
             return 0
-        stale = await asyncio.to_thread(self.store.jobs_with_status, ("queued", "running"))
+        stale = await asyncio.to_thread(self.store.jobs_with_status, ACTIVE)
         stale = [rec for rec in stale if await self._claim(rec)]
         for rec in stale:
-            await asyncio.to_thread(self.store.update_job, rec.id, status=INTERRUPTED)
+            await asyncio.to_thread(self.store.update_job, rec.id, status=JobStatus.INTERRUPTED)
         return len(stale)
 
     async def _claim(self, record: JobRecord) -> bool:
@@ -327,12 +314,12 @@ class JobManager:
                 self.stats.jobs_joined += 1
                 self._discard_upload(request, live.request)
                 return Submitted(live.record, "joined")
-            done = await asyncio.to_thread(self.store.find_by_key, key, ("done",))
+            done = await asyncio.to_thread(self.store.find_by_key, key, (JobStatus.DONE,))
             if done is not None:
                 self.stats.cache_hits += 1
                 self._discard_upload(request, None)
                 return Submitted(done, "cached")
-            stale = await asyncio.to_thread(self.store.find_by_key, key, (INTERRUPTED,))
+            stale = await asyncio.to_thread(self.store.find_by_key, key, (JobStatus.INTERRUPTED,))
             if stale is not None:
                 self._discard_upload(request, JobRequest(**stale.request))
                 live = await self._resume(stale, one_shot=one_shot)
@@ -350,7 +337,7 @@ class JobManager:
         async with self._submit_lock:
             if record.id in self._live or record.status in FINISHED:
                 return  # another batch sharing this job started it already
-            if record.status == INTERRUPTED:
+            if record.status == JobStatus.INTERRUPTED:
                 await self._resume(record, one_shot=False)
                 return
             self._check_capacity()
@@ -358,13 +345,11 @@ class JobManager:
             self.stats.jobs_started += 1
 
     async def get(self, job_id: str) -> JobRecord:
-        """The job's record; looking at a job counts as interest (restarts its grace period)."""
+        """The job's record. Looking is not listening: it leaves the grace period alone, or a
+        status poll every few seconds would keep an abandoned job running for ever."""
         record = await asyncio.to_thread(self.store.get_job, job_id)
         if record is None:
             raise JobNotFound(f"No job with id {job_id!r}.")
-        live = self._live.get(job_id)
-        if live is not None and not live.listeners:
-            self._arm_grace(live, self.settings.job_grace_s)
         return record
 
     async def events(self, job_id: str, after: int = 0) -> list[StoredEvent]:
@@ -378,14 +363,14 @@ class JobManager:
             self._stop(live, "cancelled")
             await live.closed.wait()
             record = await self.get(job_id)
-        elif record.status == INTERRUPTED:
-            await asyncio.to_thread(self.store.update_job, job_id, status="cancelled")
+        elif record.status == JobStatus.INTERRUPTED:
+            await asyncio.to_thread(self.store.update_job, job_id, status=JobStatus.CANCELLED)
             record = await self.get(job_id)
         return record
 
     async def follow(
         self, job_id: str, last_event_id: int | None = None, *, one_shot: bool = False
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         """Events after ``last_event_id`` (from the store), then live ones until the job ends.
 
         Checks run now (:class:`JobNotFound`; an interrupted job is resumed, which may raise
@@ -397,7 +382,7 @@ class JobManager:
             record = await asyncio.to_thread(self.store.get_job, job_id)
             if record is None:
                 raise JobNotFound(f"No job with id {job_id!r}.")
-            if record.status == INTERRUPTED:
+            if record.status == JobStatus.INTERRUPTED:
                 async with self._submit_lock:
                     live = self._live.get(job_id) or await self._resume(record, one_shot=one_shot)
         return self._follow(job_id, last_event_id or 0, live)
@@ -409,7 +394,7 @@ class JobManager:
 
     async def _follow(
         self, job_id: str, after: int, live: _Live | None
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         # Subscribe before reading the store: every event published from now on is queued, and
         # every earlier one is already stored (stored before published). Overlap is dropped by seq.
         queue = self._listen(live) if live is not None else None
@@ -424,7 +409,7 @@ class JobManager:
                     after = ev.seq
                     yield ev
         finally:
-            if queue is not None:
+            if live is not None and queue is not None:
                 self._unlisten(live, queue)
 
     def _listen(self, live: _Live) -> asyncio.Queue:
@@ -495,7 +480,7 @@ class JobManager:
         self._live[record.id] = live
         self._by_key[record.key] = live
         # Nobody listens yet: the grace period runs from creation (a one-shot stream subscribes
-        # at once; a job made by POST /jobs has job_grace_s to be followed or looked at).
+        # at once; a job made by POST /jobs has job_grace_s to be followed).
         self._arm_grace(live, max(live.grace, self.settings.job_grace_s))
         # A fresh context: the task must not inherit the request's (on Modal, the web input's),
         # or cancelling that one input would cancel a job other listeners follow, and the GPU
@@ -511,11 +496,11 @@ class JobManager:
         s = self.settings
         return PipelineOptions(
             # Threads per worker are the mapper's business (a local pool splits the cores).
-            engine=EngineConfig(engine=request.engine, model=request.model),
+            engine=EngineConfig(engine=request.engine or s.engine, model=request.model or s.model),
             transcribe=TranscribeOptions(
                 language=request.language,
                 task=request.task,
-                beam_size=request.beam_size,
+                beam_size=request.beam_size or s.beam_size,
                 word_timestamps=bool(request.word_timestamps),
             ),
             mode=request.mode,
@@ -539,13 +524,16 @@ class JobManager:
         record, request = live.record, live.request
         resumed = live.seq > 0
         skip = {seg.index for seg in completed}
-        status, error = "error", None
+        status: JobStatus = JobStatus.ERROR
+        error: str | None = None
         wall = self.settings.max_job_wall_s or None
         try:
-            await asyncio.to_thread(self.store.update_job, record.id, status="running")
+            await asyncio.to_thread(self.store.update_job, record.id, status=JobStatus.RUNNING)
             async with asyncio.timeout(wall):
+                source = request.url or request.upload
+                assert source is not None  # a request names a URL or an upload
                 stream = transcribe_stream(
-                    request.url or request.upload,
+                    source,
                     self.pipeline_options(request),
                     self.mapper,
                     completed={seg.index: seg for seg in completed} or None,
@@ -560,12 +548,13 @@ class JobManager:
                             continue
                         await self._emit(live, event)
                         if isinstance(event, Done):
-                            status = "done"
+                            status = JobStatus.DONE
                         elif isinstance(event, Failed):
-                            status, error = "error", event.message
+                            status, error = JobStatus.ERROR, event.message
                 finally:
-                    await stream.aclose()
-            if status != "done" and error is None:
+                    # transcribe_stream is an async generator, annotated as an AsyncIterator.
+                    await stream.aclose()  # type: ignore[attr-defined]
+            if status != JobStatus.DONE and error is None:
                 error = "The transcription ended without a result."
                 await self._emit(live, Failed(error, code="internal"))
         except TimeoutError:
@@ -575,9 +564,9 @@ class JobManager:
             reason = live.stop_reason or "shutdown"
             if reason == "shutdown":
                 # Not the user's doing: leave it resumable for the next server.
-                status = INTERRUPTED
+                status = JobStatus.INTERRUPTED
             else:
-                status = "cancelled"
+                status = JobStatus.CANCELLED
                 error = (
                     "Cancelled."
                     if reason == "cancelled"
@@ -595,10 +584,10 @@ class JobManager:
         """Safety net: a task cancelled before its first step never runs its own clean-up."""
         if not live.finishing:
             reason = live.stop_reason or "shutdown"
-            status = INTERRUPTED if reason == "shutdown" else "cancelled"
+            status = JobStatus.INTERRUPTED if reason == "shutdown" else JobStatus.CANCELLED
             asyncio.get_running_loop().create_task(self._finish(live, status, None))
 
-    async def _finish(self, live: _Live, status: str, error: str | None) -> None:
+    async def _finish(self, live: _Live, status: JobStatus, error: str | None) -> None:
         live.finishing = True
         rec = live.record
         try:

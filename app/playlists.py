@@ -35,8 +35,6 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.jobs import (
-    FINISHED,
-    INTERRUPTED,
     JobError,
     JobManager,
     JobNotFound,
@@ -49,6 +47,7 @@ from transcriber import formats
 from transcriber.events import Failed, Meta, from_dict, to_dict
 from transcriber.media import MediaError, youtube_id
 from transcriber.playlist import Entry, Playlist, file_name, list_playlist
+from transcriber.vocab import ACTIVE, FINISHED, JobStatus
 
 log = logging.getLogger("streamscribe.playlists")
 
@@ -165,7 +164,7 @@ class PlaylistManager:
         key = job_request.cache_key()
         # Done: the cached job itself. Waiting or running (the same feed posted twice, an
         # entry shared by two playlists): that job, started by whichever runner comes first.
-        for statuses in (("done",), ("queued", "running", INTERRUPTED)):
+        for statuses in ((JobStatus.DONE,), (*ACTIVE, JobStatus.INTERRUPTED)):
             same = self.store.find_by_key(key, statuses)
             if same is not None:
                 return same.id
@@ -463,11 +462,10 @@ class PlaylistManager:
 
 
 class EmptyPlaylist(JobError):
-    status = 422
     code = "empty_playlist"
 
 
-STATUSES = ("queued", "running", "done", "error", "cancelled", INTERRUPTED)
+STATUSES = tuple(JobStatus)
 
 
 def _counts(statuses) -> dict[str, int]:
@@ -512,7 +510,7 @@ def register(
         # Plain text cannot tell the entries apart: the events as NDJSON instead.
         fmt = {"text": "ndjson"}.get(pick_format(request, format), pick_format(request, format))
         events = await playlists.follow(playlist_id, after or 0)
-        return stream(request, events, fmt, playlist_id)
+        return stream(events, fmt, playlist_id)
 
     @app.get("/playlists/{playlist_id}/transcripts.zip", dependencies=auth, tags=["playlists"],
              responses={200: {"content": {"application/zip": {}}}})  # fmt: skip

@@ -1,7 +1,8 @@
 """Service settings, read once from ``STREAMSCRIBE_*`` environment variables.
 
-Every field documents its variable and default; the README's table is generated from the same
-words. Nothing here runs at import time: :meth:`Settings.from_env` is called by the entry point
+Every field documents its variable and default; the README's table says the same, and
+tests/test_settings_docs.py checks it against these definitions (variables and defaults), so
+the two cannot drift apart. Nothing here runs at import time: :meth:`Settings.from_env` is called by the entry point
 (``app.local``, ``app.modal_app``) or by a test that builds its own settings.
 """
 
@@ -12,8 +13,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 from transcriber.urlguard import ANY_HOST, YOUTUBE_HOSTS, GuardPolicy
+from transcriber.vocab import EngineName
 
 ENV_PREFIX = "STREAMSCRIBE_"
 
@@ -27,7 +30,7 @@ class Settings:
     #: ``STREAMSCRIBE_MODEL``: Whisper model name (``tiny.en`` ... ``large-v3``) or a local path.
     model: str = "tiny.en"
     #: ``STREAMSCRIBE_ENGINE``: ``faster-whisper`` or ``openai-whisper``.
-    engine: str = "faster-whisper"
+    engine: str = EngineName.FASTER_WHISPER
     #: ``STREAMSCRIBE_WORKERS``: local worker processes (0 = one per core, up to cores/threads).
     workers: int = 0
     #: ``STREAMSCRIBE_THREADS``: intra-op threads per worker (0 = the engine's default).
@@ -90,7 +93,7 @@ class Settings:
         d = cls()
         settings = cls(
             model=env.text("MODEL", d.model),
-            engine=env.choice("ENGINE", d.engine, ("faster-whisper", "openai-whisper")),
+            engine=env.choice("ENGINE", d.engine, tuple(EngineName)),
             workers=env.integer("WORKERS", d.workers, minimum=0),
             threads=env.integer("THREADS", d.threads, minimum=0),
             data_dir=Path(env.text("DATA_DIR", str(d.data_dir))),
@@ -159,6 +162,10 @@ class _Env:
     def _fail(self, name: str, want: str) -> SettingsError:
         return SettingsError(f"{ENV_PREFIX}{name}={self._raw(name)!r}: expected {want}")
 
+    @overload
+    def text(self, name: str, default: str) -> str: ...
+    @overload
+    def text(self, name: str, default: None) -> str | None: ...
     def text(self, name: str, default: str | None) -> str | None:
         raw = self._raw(name)
         return default if raw is None else raw

@@ -10,9 +10,13 @@ keep the connection open.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
+
+import anyio
+from starlette.responses import StreamingResponse
 
 from app.store import StoredEvent
 
@@ -25,8 +29,11 @@ FORMATS = {
 #: Headers for every streamed response: no caching, and no buffering by nginx-like proxies.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-#: Sent by :func:`with_heartbeats` when its source was idle for an interval.
-HEARTBEAT = object()
+class Heartbeat:
+    """What :func:`with_heartbeats` yields when its source was idle for an interval."""
+
+
+HEARTBEAT = Heartbeat()
 
 T = TypeVar("T")
 
@@ -77,11 +84,13 @@ def sse_frame(data: str, *, event: str | None = None, id: int | str | None = Non
 
 
 def sse_comment(text: str = "ping") -> str:
-    return f": {text}\n\n"
+    """A comment line. No blank line after it: a blank line ends an event, and clients such as
+    httpx-sse then report an empty ``message`` event (with the last id) after every ping."""
+    return f": {text}\n"
 
 
-def sse_event(ev: StoredEvent) -> str:
-    return sse_frame(_json(ev.data), event=ev.type, id=ev.seq)
+def sse_event(ev: StoredEvent, retry_ms: int | None = None) -> str:
+    return sse_frame(_json(ev.data), event=ev.type, id=ev.seq, retry_ms=retry_ms)
 
 
 def ndjson_event(ev: StoredEvent) -> str:
@@ -133,40 +142,27 @@ class TextStream:
 
 
 async def with_heartbeats(
-    source: AsyncIterator[T],
-    interval: float,
-    *,
-    disconnected: Callable[[], Awaitable[bool]] | None = None,
-    poll: float = 1.0,
-) -> AsyncIterator[T | object]:
+    source: AsyncGenerator[T, None], interval: float
+) -> AsyncIterator[T | Heartbeat]:
     """Items of ``source``, with :data:`HEARTBEAT` after each ``interval`` seconds of silence.
 
-    ``disconnected`` (e.g. ``request.is_disconnected``) is polled every ``poll`` seconds while
-    idle, for servers that do not cancel a response whose client went away; the source is
-    closed either way, which is what stops the work behind it.
+    The source is closed when this iterator is (a client that left cancels the response, see
+    :class:`EventStreamResponse`), which is what stops the work behind it.
     """
     pending: asyncio.Future[T] | None = None
-    loop = asyncio.get_running_loop()
     try:
-        idle_since = loop.time()
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(source))
-            wait = poll if disconnected is not None else interval
-            done, _ = await asyncio.wait({pending}, timeout=min(wait, interval))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
             if not done:
-                if disconnected is not None and await disconnected():
-                    return
-                if loop.time() - idle_since >= interval:
-                    idle_since = loop.time()
-                    yield HEARTBEAT
+                yield HEARTBEAT
                 continue
             task, pending = pending, None
             try:
                 item = task.result()
             except StopAsyncIteration:
                 return
-            idle_since = loop.time()
             yield item
     finally:
         if pending is not None:
@@ -176,3 +172,31 @@ async def with_heartbeats(
             except (asyncio.CancelledError, Exception):
                 pass  # the source is being torn down; its own error is not ours to raise
         await source.aclose()
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streamed response that stops as soon as its client disconnects, even while idle.
+
+    As sse-starlette does, the body and a listener on ``receive()`` run side by side; the
+    ``http.disconnect`` message cancels the body, whose ``finally`` blocks close the job's
+    event source. (Starlette's own ``StreamingResponse`` listens only on ASGI specs before 2.4
+    and otherwise learns of a gone client only when a write fails.)
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def first_wins(step: Callable[[], Awaitable[None]]) -> None:
+                await step()
+                group.cancel_scope.cancel()
+
+            group.start_soon(first_wins, functools.partial(self._send_body, send))
+            group.start_soon(first_wins, functools.partial(self.listen_for_disconnect, receive))
+        if self.background is not None:
+            await self.background()
+
+    async def _send_body(self, send: Any) -> None:
+        try:
+            await self.stream_response(send)
+        except OSError:
+            pass  # the client went away mid-write: the listener's cancel is on its way

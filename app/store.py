@@ -22,12 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from transcriber.events import SegmentDone, from_dict
-
-#: A job that will produce no more events.
-FINISHED = ("done", "error", "cancelled")
-#: A job that was queued or running when its server died; asking for it again resumes it.
-INTERRUPTED = "interrupted"
-STATUSES = ("queued", "running", *FINISHED, INTERRUPTED)
+from transcriber.vocab import JobStatus
 
 
 @dataclass
@@ -37,7 +32,7 @@ class JobRecord:
     key: str
     #: The request as JSON-ready data (``app.jobs.JobRequest`` fields).
     request: dict[str, Any]
-    status: str = "queued"
+    status: str = JobStatus.QUEUED
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     title: str | None = None
@@ -123,6 +118,7 @@ def completed_segments(events: Iterable[StoredEvent]) -> list[SegmentDone]:
     for ev in events:
         if ev.type == SegmentDone.type:
             seg = from_dict(ev.data)
+            assert isinstance(seg, SegmentDone)
             by_index[seg.index] = seg
     return [by_index[i] for i in sorted(by_index)]
 
@@ -260,7 +256,7 @@ class SQLiteStore:
         rows = self._db().execute(
             f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created", statuses
         ).fetchall()
-        return [self._job(r) for r in rows]
+        return [job for r in rows if (job := self._job(r)) is not None]
 
     def append_event(self, job_id: str, event: StoredEvent) -> None:
         self._append("events", "job_id", job_id, event)

@@ -482,11 +482,19 @@ def test_every_api_route_needs_the_token(strict_client):
     refusal(s.get("/jobs/x", headers={"Authorization": f"Bearer {TOKEN}x"}), 401, "unauthorized")
     refusal(s.get("/jobs/x", headers={"Authorization": f"Basic {TOKEN}"}), 401, "unauthorized")
     refusal(s.get("/jobs/x", headers={"Authorization": "Bearer"}), 401, "unauthorized")
-    # ?token= only for GETs (EventSource and download links cannot send headers).
+    # Never in a URL (access logs keep URLs): ?token= opens nothing, on any method.
     refusal(s.post("/jobs", params={"token": TOKEN}, json={"url": "https://youtu.be/dQw4w9WgXcQ"}), 401, "unauthorized")
     refusal(s.delete("/jobs/x", params={"token": TOKEN}), 401, "unauthorized")
-    refusal(s.get("/jobs/x", params={"token": TOKEN}), 404, "not_found")  # past the guard
-    refusal(s.get("/jobs/x", headers=AUTH), 404, "not_found")
+    refusal(s.get("/jobs/x", params={"token": TOKEN}), 401, "unauthorized")
+    refusal(s.get("/jobs/x", headers=AUTH), 404, "not_found")  # past the guard
+    # The page's cookie, for EventSource and download links: GET only.
+    cookie = {"Cookie": f"streamscribe_token={TOKEN}"}
+    refusal(s.get("/jobs/x/events", headers=cookie), 404, "not_found")
+    refusal(s.delete("/jobs/x", headers=cookie), 401, "unauthorized")
+    # The API's description is behind the token too.
+    refusal(s.get("/openapi.json"), 401, "unauthorized")
+    refusal(s.get("/docs"), 401, "unauthorized")
+    assert s.get("/openapi.json", headers=AUTH).status_code == 200
     # The page, its files and the health check stay open.
     assert s.get("/").status_code == 200 and s.get("/static/app.js").status_code == 200
     assert s.get("/healthz").status_code == 200

@@ -62,6 +62,7 @@ def test_wer_uses_whisper_normaliser() -> None:
     assert word_error_rate("ask not what your country", "ask what your country") == 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_smoke_30_seconds(tmp_path: Path) -> None:
     proc = subprocess.run(

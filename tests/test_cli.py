@@ -93,6 +93,7 @@ def test_ndjson_prints_every_event(short_mix) -> None:
     assert wer(reference, text) <= 0.15
 
 
+@pytest.mark.slow
 def test_srt_to_a_file_with_whispers_option_name(short_mix, tmp_path) -> None:
     wav, reference = short_mix
     out = tmp_path / "speech.srt"
@@ -134,6 +135,7 @@ def test_bad_arguments_exit_2(args, capsys) -> None:
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_everything(tmp_path) -> None:
     # ~100 s served at 4x real time: the first 30 s segment is out long before the end.
     wav, _ = speech_mix(tmp_path / "speech.wav", CLIPS, repeat=3)

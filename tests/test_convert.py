@@ -70,6 +70,7 @@ def test_load_model_accepts_the_checkpoint_with_tiny_en_dims(checkpoint, openai_
     assert not openai_model.is_multilingual
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SPEECH_CLIPS)
 def test_same_greedy_decode_as_faster_whisper(name, openai_model, ct2_model):
     audio = speech(name)
@@ -100,6 +101,7 @@ def test_ensure_checkpoint_converts_once_and_reuses_the_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_cli_converts_and_reports_bad_input_without_traceback(tmp_path):
     out = tmp_path / "cli.pt"
     run = subprocess.run(

@@ -89,6 +89,7 @@ def test_pieces_carry_scores_and_sane_relative_times(transcripts):
     assert transcripts["jfk_whispercpp"][-1].end > 9.0
 
 
+@pytest.mark.slow
 def test_word_timestamps(engine):
     audio = speech("jfk_whispercpp")
     pieces = engine.transcribe(audio, TranscribeOptions(beam_size=1, word_timestamps=True))
@@ -160,6 +161,7 @@ def test_get_engine_loads_once_per_process(engine):
     assert engine_cache().loads == loads
 
 
+@pytest.mark.slow
 def test_engine_cache_is_lru_of_two_and_loads_a_cold_config_once_across_threads():
     cache = EngineCache(maxsize=2)
     a, b, c = (config("faster-whisper", device="cpu", compute_type=t) for t in ("int8", "float32", "int8_float32"))
@@ -182,6 +184,7 @@ def test_openai_engine_resolves_tiny_en_to_the_converted_checkpoint():
     assert engine.model_path == str(openai_tiny_en())
 
 
+@pytest.mark.slow
 def test_faster_whisper_batch_matches_one_by_one():
     engine = get_engine(config("faster-whisper"))
     names = ("ps_librivox_0930", "ps_goforward", "jfk_whispercpp")

@@ -137,6 +137,7 @@ def test_pool_transcribes_and_is_shared_by_concurrent_maps(pool: LocalPoolMapper
     assert len(pool.running()) == 2
 
 
+@pytest.mark.slow
 def test_pool_pulls_jobs_only_as_fast_as_it_works(pool: LocalPoolMapper) -> None:
     pulled_when_first_result: list[int] = []
 
@@ -158,6 +159,7 @@ def test_pool_pulls_jobs_only_as_fast_as_it_works(pool: LocalPoolMapper) -> None
     assert pulled_when_first_result[0] <= pool.max_in_flight + 1
 
 
+@pytest.mark.slow
 def test_closing_a_map_drops_its_queued_jobs(pool: LocalPoolMapper) -> None:
     before = pool.stats()
 
@@ -195,6 +197,7 @@ def _kill_when_running(pool: LocalPoolMapper, index: int, times: int) -> int:
     return kills
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_segment_retried(pool: LocalPoolMapper) -> None:
     before = pool.stats()
 
@@ -232,6 +235,7 @@ async def _collect_async(mapper, jobs) -> list:
     return [r async for r in mapper.map(aiter_of(jobs))]
 
 
+@pytest.mark.slow
 def test_pool_close_leaves_no_process_and_refuses_new_work() -> None:
     before = {p.pid for p in child_processes()}
     mapper = LocalPoolMapper(workers=2, threads=1)
@@ -281,6 +285,7 @@ def test_mapper_for_mode() -> None:
         mapper_for_mode(inline, "fast")
 
 
+@pytest.mark.slow
 def test_abandon_decides_whether_a_running_segment_finishes_or_its_worker_is_killed() -> None:
     mapper = LocalPoolMapper(workers=1, threads=1, preload=EngineConfig())
     assert mapper.wait_ready(120)

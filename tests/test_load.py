@@ -17,11 +17,13 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
-from tests.helpers.faults import Tree, healthz, talk_m4a, wait_for
+from tests.helpers.faults import Tree, healthz
+from tests.helpers.media_files import talk_m4a
 from tests.helpers.media_server import MediaServer
 from tests.helpers.models import corpus_wer
 from tests.helpers.server import ServiceProcess
 from tests.helpers.sse import EventStream
+from tests.helpers.wait import wait_for
 
 STREAMS = 8
 #: One clip per stream (2.8-11 s each, 48 s in all): different audio, a different cache key.
@@ -91,6 +93,7 @@ def media():
         yield srv
 
 
+@pytest.mark.slow
 def test_eight_concurrent_streams_a_ninth_gets_429_healthz_stays_fast_memory_returns(
     tmp_path, media, artifacts_dir
 ):

@@ -511,6 +511,7 @@ def test_guarded_link_is_downloaded_through_the_guard_and_piped(jfk, fmt):
         assert source.duration == pytest.approx(JFK_SECONDS, abs=0.05)
 
 
+@pytest.mark.slow
 def test_guarded_probe_reads_the_header_not_the_file():
     long = looped(JFK, 900, "m4a")  # 15 minutes, 8 MB
     # Sent at 4 MB/s: a probe that read the whole file would take 2 s and complete it.

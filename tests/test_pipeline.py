@@ -106,6 +106,7 @@ def whole_file(engine: str, wav: Path) -> tuple[str, float]:
     return text, time.perf_counter() - began
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["faster-whisper", "openai-whisper"])
 def test_real_speech_against_whole_file(engine, pool, mix, artifacts_dir) -> None:
     wav, reference = mix
@@ -150,6 +151,7 @@ def test_real_speech_against_whole_file(engine, pool, mix, artifacts_dir) -> Non
     record.write_text(json.dumps(results, indent=2))
 
 
+@pytest.mark.slow
 def test_out_of_order_results_assemble_in_order(pool, mix) -> None:
     wav, reference = mix
     held = HeldBack(pool)
@@ -176,6 +178,7 @@ def test_out_of_order_results_assemble_in_order(pool, mix) -> None:
         assert abs(cue.start - offsets[clip]) <= 1.5
 
 
+@pytest.mark.slow
 def test_first_segment_arrives_while_decoding_continues(pool, mix) -> None:
     wav, _ = mix
     rate = 6 * SAMPLE_RATE * 2  # six times real time: the 62 s file takes ~10 s to arrive
@@ -228,6 +231,7 @@ class BreakOne(Recording):
             yield dataclasses.replace(job, engine=BAD_MODEL) if job.index == self.index else job
 
 
+@pytest.mark.slow
 def test_a_failing_segment_is_reported_and_the_job_finishes(pool, mix) -> None:
     wav, reference = mix
     options = PipelineOptions(transcribe=FAST, segment=SHORT)
@@ -241,6 +245,7 @@ def test_a_failing_segment_is_reported_and_the_job_finishes(pool, mix) -> None:
     assert sum(bool(s.text) for s in segments) >= done.segments - 2
 
 
+@pytest.mark.slow
 def test_resume_transcribes_only_missing_segments(pool, mix) -> None:
     wav, _ = mix
     options = PipelineOptions(transcribe=FAST, segment=SHORT)
@@ -260,6 +265,7 @@ def test_resume_transcribes_only_missing_segments(pool, mix) -> None:
         assert new.text == old.text  # greedy decoding of the same audio is deterministic
 
 
+@pytest.mark.slow
 def test_sequential_mode_streams_in_order_with_context(pool, mix) -> None:
     wav, reference = mix
     recording = Recording(pool)
@@ -282,6 +288,7 @@ def test_sequential_mode_streams_in_order_with_context(pool, mix) -> None:
     assert sequential_wer <= parallel_wer + WER_MARGIN, (sequential_wer, parallel_wer)
 
 
+@pytest.mark.slow
 def test_fatal_errors_end_the_stream_with_a_message(pool, mix, tmp_path) -> None:
     wav, _ = mix
     missing = run(str(tmp_path / "nope.wav"), PipelineOptions(transcribe=FAST), pool)
@@ -308,6 +315,7 @@ def test_fatal_errors_end_the_stream_with_a_message(pool, mix, tmp_path) -> None
     assert len(formats.assemble(events)) >= 2
 
 
+@pytest.mark.slow
 def test_cancelling_stops_ffmpeg_and_workers(mix) -> None:
     wav, _ = mix
     before = {p.pid for p in child_processes()}

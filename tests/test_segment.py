@@ -197,6 +197,7 @@ def test_silent_flag_absolute_and_relative(speech):
     assert hum and all(rms(s.samples) > 10 ** (-50 / 20) for s in hum)  # silent by the relative rule
 
 
+@pytest.mark.slow
 def test_two_hours_stream_in_flat_memory():
     """2 h of generated speech-like audio, generated chunk by chunk: the buffer never exceeds
     max_seconds and peak traced memory stays a few MB (the whole input would be 460 MB)."""

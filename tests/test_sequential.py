@@ -87,6 +87,7 @@ def mix(tmp_path_factory) -> tuple[Path, str]:
     return speech_mix(tmp_path_factory.mktemp("mix") / "mix.wav")
 
 
+@pytest.mark.slow
 def test_sequential_wer_is_within_the_bound_of_parallel_and_segments_arrive_in_order(mix):
     wav, reference = mix
     parallel = run(wav, PARALLEL, InlineMapper())
@@ -112,6 +113,7 @@ def test_sequential_wer_is_within_the_bound_of_parallel_and_segments_arrive_in_o
     assert sent == [j.index for j in local.jobs]
 
 
+@pytest.mark.slow
 def test_a_segment_that_trips_the_guard_resets_the_next_prompt(tmp_path):
     # Speech, "ten of clubs" said six times in 7.5 s (a real transcript that compresses past
     # whisper's 2.4), then more speech; ~42 s, cut into segments of at most 10 s.
@@ -148,6 +150,7 @@ def test_a_segment_that_trips_the_guard_resets_the_next_prompt(tmp_path):
     assert text(on_modal) == text(events)
 
 
+@pytest.mark.slow
 def test_silent_segments_keep_the_index_order_and_carry_the_prompt(tmp_path):
     """A long pause between two speeches is cut into silent segments; in sequential mode they
     still arrive in index order (not ahead of the speech before them), and the prompt carries

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from app.store import INTERRUPTED, JobRecord, SQLiteStore, StoredEvent, completed_segments
+from app.store import JobRecord, SQLiteStore, StoredEvent, completed_segments
 from transcriber.events import Meta, Progress, SegmentDone, from_dict, to_dict
+from transcriber.vocab import JobStatus
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_find_by_key_newest_with_status(store):
     store.update_job("new", status="error")
     assert store.find_by_key("k1").id == "new"
     assert store.find_by_key("k1", ("done",)).id == "old"
-    assert store.find_by_key("k1", ("running", INTERRUPTED)) is None
+    assert store.find_by_key("k1", ("running", JobStatus.INTERRUPTED)) is None
     assert store.find_by_key("zzz") is None
     assert [j.id for j in store.jobs_with_status(("queued",))] == ["other"]
 

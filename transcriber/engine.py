@@ -21,13 +21,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from transcriber import SAMPLE_RATE
+from transcriber.vocab import EngineName, Task
 
-ENGINES = ("faster-whisper", "openai-whisper")
+ENGINES = tuple(EngineName)
 
 #: whisper's temperature fallback: decode greedily (or by beam) first, then sample hotter
 #: while the result fails the compression-ratio or log-prob test.
@@ -58,8 +59,7 @@ class ModelNotFound(EngineError):
 class EngineConfig:
     """Which weights to load and how; hashable so workers can cache loaded engines by it."""
 
-    #: ``faster-whisper`` | ``openai-whisper``.
-    engine: str = "faster-whisper"
+    engine: str = EngineName.FASTER_WHISPER
     #: A name (``tiny.en`` ... ``large-v3``, ``turbo``) or a local path (CTranslate2 dir / ``.pt``).
     model: str = "tiny.en"
     #: ``auto`` | ``cpu`` | ``cuda``.
@@ -78,8 +78,7 @@ class TranscribeOptions:
 
     #: None = detect per segment.
     language: str | None = None
-    #: ``transcribe`` | ``translate``.
-    task: str = "transcribe"
+    task: str = Task.TRANSCRIBE
     beam_size: int = 5
     word_timestamps: bool = False
     #: Text given to the decoder as previous context (sequential mode).
@@ -283,7 +282,7 @@ def resolve_model(config: EngineConfig) -> str:
         return _resolve_local(config.engine, path)
     if model == BUNDLED_MODEL and (bundled := _bundled_ct2_dir()) is not None:
         return _resolve_local(config.engine, bundled)
-    if config.engine == "faster-whisper":
+    if config.engine == EngineName.FASTER_WHISPER:
         from faster_whisper.utils import available_models
 
         if model in available_models() or re.fullmatch(r"[\w.-]+/[\w.-]+", model):
@@ -302,7 +301,7 @@ def resolve_model(config: EngineConfig) -> str:
 
 def _resolve_local(engine: str, path: Path) -> str:
     is_ct2 = path.is_dir() and (path / "model.bin").is_file()
-    if engine == "faster-whisper":
+    if engine == EngineName.FASTER_WHISPER:
         if not is_ct2:
             raise ModelNotFound(
                 f"{path} is not a CTranslate2 model directory (with model.bin), which faster-whisper needs"
@@ -318,7 +317,7 @@ def _resolve_local(engine: str, path: Path) -> str:
 
 
 def _cuda_available(engine: str) -> bool:
-    if engine == "faster-whisper":
+    if engine == EngineName.FASTER_WHISPER:
         import ctranslate2
 
         return ctranslate2.get_cuda_device_count() > 0
@@ -374,7 +373,7 @@ class FasterWhisperEngine:
             )
         except Exception as err:  # hub errors, corrupt files, unsupported compute types
             raise _load_error(config, err) from err
-        self._batched = None
+        self._batched: Any = None  # a BatchedInferencePipeline, made on first use
 
     def _kwargs(self, options: TranscribeOptions, seconds: float) -> dict:
         return dict(
@@ -555,9 +554,9 @@ def _load_error(config: EngineConfig, err: Exception) -> EngineError:
 
 def load_engine(config: EngineConfig) -> Engine:
     """Load the model once; callers keep the engine for many segments."""
-    if config.engine == "faster-whisper":
+    if config.engine == EngineName.FASTER_WHISPER:
         return FasterWhisperEngine(config)
-    if config.engine == "openai-whisper":
+    if config.engine == EngineName.OPENAI_WHISPER:
         return OpenAIWhisperEngine(config)
     raise UnknownEngine(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
 

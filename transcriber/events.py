@@ -7,8 +7,11 @@ Timestamps are absolute seconds from the start of the source.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+
+from transcriber.vocab import Mode, Task
 
 
 @dataclass
@@ -26,8 +29,8 @@ class Meta:
     webpage_url: str | None = None
     is_youtube: bool = False
     language: str | None = None
-    task: str = "transcribe"
-    mode: str = "parallel"
+    task: str = Task.TRANSCRIBE
+    mode: str = Mode.PARALLEL
     #: yt-dlp's chapters (``start_time``, ``end_time``, ``title``), when the source has them.
     chapters: list[dict[str, Any]] | None = None
 
@@ -112,7 +115,7 @@ def to_dict(event: Event) -> dict[str, Any]:
     return {"type": event.type, **asdict(event)}
 
 
-def from_dict(data: dict[str, Any]) -> Event:
+def from_dict(data: Mapping[str, Any]) -> Event:
     """Inverse of :func:`to_dict`."""
     data = dict(data)
     cls = EVENT_TYPES[data.pop("type")]

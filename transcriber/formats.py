@@ -24,8 +24,9 @@ from typing import Any
 from transcriber import subtitles
 from transcriber.events import Event, Meta, SegmentDone, from_dict, to_dict
 from transcriber.subtitles import SubtitleOptions
+from transcriber.vocab import OutputFormat
 
-FORMATS = ("txt", "srt", "vtt", "json")
+FORMATS = tuple(OutputFormat)
 """Names accepted by :func:`write`; ``text`` is an alias of ``txt``."""
 
 _ALIASES = {"text": "txt"}

@@ -7,6 +7,7 @@ import { hidePlaylist, showPlaylist } from "./playlist.js";
 const $ = (id) => document.getElementById(id);
 
 const TOKEN_KEY = "streamscribe.token";
+const TOKEN_COOKIE = "streamscribe_token";
 
 const els = {
   form: $("source-form"),
@@ -80,10 +81,15 @@ function token() {
   return localStorage.getItem(TOKEN_KEY) || "";
 }
 
-function withToken(path) {
-  const t = token();
-  if (!t) return path;
-  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(t);
+/** Keep the token in a cookie too: EventSource and download links cannot send a header, and a
+ * token in their URLs would end up in access logs. The server takes the cookie on GET only. */
+function saveToken(t) {
+  localStorage.setItem(TOKEN_KEY, t);
+  rememberTokenCookie(t);
+}
+
+function rememberTokenCookie(t) {
+  document.cookie = `${TOKEN_COOKIE}=${encodeURIComponent(t)}; path=/; SameSite=Strict`;
 }
 
 function authHeaders() {
@@ -124,7 +130,7 @@ els.form.addEventListener("submit", async (event) => {
   event.preventDefault();
   showError(els.formError, "");
   if (!els.tokenField.hidden && els.token.value.trim()) {
-    localStorage.setItem(TOKEN_KEY, els.token.value.trim());
+    saveToken(els.token.value.trim());
   }
   const url = els.url.value.trim();
   const file = els.file.files[0];
@@ -195,12 +201,12 @@ function follow(id, eventsUrl) {
   setStatus("connecting", "busy");
   setProgress(0, "");
   els.cancel.disabled = false;
-  for (const [fmt, a] of els.downloads) a.href = withToken(`/jobs/${id}/transcript.${fmt}`);
+  for (const [fmt, a] of els.downloads) a.href = `/jobs/${id}/transcript.${fmt}`;
   resetPlayer();
   els.search.value = "";
   els.searchCount.textContent = "";
 
-  const es = new EventSource(withToken(eventsUrl || `/jobs/${id}/events`));
+  const es = new EventSource(eventsUrl || `/jobs/${id}/events`);
   source = es;
   job.source = es;
   const on = (type, handler) =>
@@ -315,6 +321,9 @@ function finish(status, kind) {
 
 function setProgress(fraction, text) {
   const pct = Math.round(Math.max(0, Math.min(1, fraction)) * 100);
+  // Full means finished: no easing into it, or a look (or a screenshot) right at the end
+  // finds the bar short of full while it slides.
+  els.progress.classList.toggle("complete", pct === 100);
   els.progress.querySelector(".bar").style.width = `${pct}%`;
   els.progress.setAttribute("aria-valuenow", String(pct));
   els.progressText.textContent = text;
@@ -563,7 +572,7 @@ function setupPlayer(meta) {
     return;
   }
   player.kind = "audio";
-  els.media.src = meta.url ? meta.url : withToken(`/jobs/${job.id}/media`);
+  els.media.src = meta.url ? meta.url : `/jobs/${job.id}/media`;
 }
 
 els.media.addEventListener("error", () => {
@@ -853,7 +862,7 @@ els.file.addEventListener("change", () => {
 function openPlaylist(view) {
   history.replaceState(null, "", `#playlist=${view.id}`);
   els.job.hidden = true;
-  showPlaylist(view, { openJob: (id) => follow(id), withToken, authHeaders });
+  showPlaylist(view, { openJob: (id) => follow(id), authHeaders });
 }
 
 async function reopenPlaylist(id) {
@@ -862,9 +871,13 @@ async function reopenPlaylist(id) {
   else showError(els.formError, await problem(response));
 }
 
+// The cookie first: a reload's EventSource below needs it.
+if (token()) {
+  els.token.value = token();
+  rememberTokenCookie(token());
+}
 // A reload (or a shared link) with #job=ID follows that job again, replayed from the start.
 const match = location.hash.match(/^#job=([0-9a-f]{8,64})$/);
 if (match) follow(match[1]);
 const listed = location.hash.match(/^#playlist=([0-9a-f]{8,64})$/);
 if (listed) reopenPlaylist(listed[1]);
-if (token()) els.token.value = token();

@@ -18,7 +18,8 @@ let current = null;
 
 /**
  * Show playlist `view` (the body of POST /jobs or GET /playlists/{id}) and follow it live.
- * `ui`: {openJob(id), withToken(path), authHeaders()} from the page.
+ * `ui`: {openJob(id), authHeaders()} from the page (GET links and EventSource carry the
+ * token in the page's cookie, never in the URL).
  */
 export function showPlaylist(view, ui) {
   if (current) current.source.close();
@@ -26,7 +27,7 @@ export function showPlaylist(view, ui) {
   section.hidden = false;
   $("playlist-title").textContent = view.title || "Playlist";
   showNotice(view.notice);
-  const zip = () => ui.withToken(`/playlists/${view.id}/transcripts.zip?format=${$("playlist-format").value}`);
+  const zip = () => `/playlists/${view.id}/transcripts.zip?format=${$("playlist-format").value}`;
   $("playlist-zip").href = zip();
   $("playlist-format").onchange = () => ($("playlist-zip").href = zip());
   const list = $("entries");
@@ -37,7 +38,7 @@ export function showPlaylist(view, ui) {
   $("playlist-cancel").disabled = state.finished;
   $("playlist-cancel").onclick = () => cancel(state, ui);
 
-  const es = new EventSource(ui.withToken(view.events_url || `/playlists/${view.id}/events`));
+  const es = new EventSource(view.events_url || `/playlists/${view.id}/events`);
   state.source = es;
   const on = (type, handler) =>
     es.addEventListener(type, (e) => {

