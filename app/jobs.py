@@ -50,6 +50,7 @@ from transcriber.fanout import Mapper
 from transcriber.media import youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.urlguard import check_url
+from transcriber.vad import VadOptions
 
 log = logging.getLogger("streamscribe.jobs")
 
@@ -108,6 +109,10 @@ class JobRequest:
     task: str = "transcribe"
     mode: str = "parallel"
     beam_size: int | None = None
+    #: The speech gate on or off; None = the server's ``STREAMSCRIBE_VAD``.
+    vad: bool | None = None
+    #: The gate's speech threshold; None = :class:`transcriber.vad.VadOptions`' default.
+    vad_threshold: float | None = None
 
     def resolved(self, settings: Settings) -> JobRequest:
         """Defaults from ``settings`` filled in, and everything validated.
@@ -143,6 +148,8 @@ class JobRequest:
             model=model,
             language=language,
             beam_size=self.beam_size or settings.beam_size,
+            vad=settings.vad if self.vad is None else self.vad,
+            vad_threshold=self.vad_threshold or VadOptions.threshold,
         )
 
     def source_key(self) -> str:
@@ -161,8 +168,15 @@ class JobRequest:
             "task": self.task,
             "mode": self.mode,
             "beam_size": self.beam_size,
+            "vad": self.vad,
+            "vad_threshold": self.vad_threshold,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def vad_options(request: JobRequest) -> VadOptions:
+    """The speech gate a (resolved) request asks for."""
+    return VadOptions(enabled=request.vad is not False, threshold=request.vad_threshold or VadOptions.threshold)
 
 
 @functools.cache
@@ -448,6 +462,7 @@ class JobManager:
                 language=request.language, task=request.task, beam_size=request.beam_size
             ),
             mode=request.mode,
+            vad=vad_options(request),
             max_duration=s.max_duration_s or None,
             # A web server must never read its own disk for a URL, and every request made for a
             # link obeys the URL guard (yt-dlp's and the media download's); cookies help with

@@ -77,6 +77,9 @@ class SegmentJob:
     #: A property of the job rather than a ``map`` argument so that it passes unchanged through
     #: any mapper that wraps another (:class:`SequentialMapper`, a test's recording mapper).
     abandon: str = "finish"
+    #: The speech gate's map of this segment (:class:`transcriber.vad.SpeechMap`): long
+    #: non-speech in it is muted and its text dropped. None: the gate is off, decode it whole.
+    speech: Any = None
 
 
 @dataclass
@@ -93,6 +96,8 @@ class SegmentResult:
     elapsed: float = 0.0
     #: Tries it took (engine retries and worker replacements included).
     attempts: int = 1
+    #: Pieces the speech gate dropped (non-speech, see :mod:`transcriber.vad`).
+    dropped: int = 0
 
     @property
     def text(self) -> str:
@@ -183,10 +188,12 @@ def run_job(job: SegmentJob) -> SegmentResult:
     if not job.silent:
         try:
             from transcriber.engine import get_engine  # the engine cache lives in engine.py
+            from transcriber.vad import transcribe_gated
 
             _inject_faults(job.index)  # a no-op unless STREAMSCRIBE_FAULTS is set
-            pieces = get_engine(job.engine).transcribe(job.audio, job.options)
-            result.pieces = [_absolute(p, job.start, job.end) for p in pieces]
+            gated = transcribe_gated(get_engine(job.engine), job.audio, job.options, job.speech)
+            result.pieces = [_absolute(p, job.start, job.end) for p in gated.pieces]
+            result.dropped = gated.dropped
         except Exception as exc:  # any engine failure is this segment's, not the job's
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             result.error = f"the speech engine failed on this segment ({type(exc).__name__}" + (

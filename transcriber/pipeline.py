@@ -46,6 +46,7 @@ from transcriber.fanout import (
 )
 from transcriber.media import MediaError, Source
 from transcriber.segment import Segment, SegmentOptions, segment_stream
+from transcriber.vad import VadOptions, gate_segment
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class PipelineOptions:
     buffer_segments: int = 8
     #: Size of ffmpeg reads, seconds; the decode thread notices a stop between two reads.
     chunk_seconds: float = 0.5
+    #: The speech gate (:mod:`transcriber.vad`): run in the decode thread on each segment as it
+    #: is cut; segments without speech skip the engine, long non-speech inside one is muted.
+    vad: VadOptions = field(default_factory=VadOptions)
 
 
 # -- the decode thread -----------------------------------------------------------------------
@@ -140,6 +144,7 @@ class _DecodeFeed:
                 stop=self.stop,  # kills ffmpeg when the job stops, even mid-read
             )
             for segment in segment_stream(self._counted(chunks), self.options.segment):
+                segment = gate_segment(segment, self.options.vad)
                 self.cut += 1
                 if self.stop.is_set() or not self._put("segment", segment):
                     return
@@ -173,6 +178,8 @@ class _Tally:
     first_any_segment: float | None = None
     #: Segments taken from ``completed=`` instead of being transcribed again.
     reused: int = 0
+    #: Pieces the speech gate dropped.
+    dropped: int = 0
 
     def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
         self.finished.add(event.index)
@@ -345,6 +352,7 @@ async def transcribe_stream(
                 options=transcribe,
                 silent=segment.silent,
                 abandon=abandon,
+                speech=segment.speech,
             )
 
     async def pump() -> None:
@@ -375,6 +383,7 @@ async def transcribe_stream(
                 else:
                     tally.failed.append(event.index)
                 tally.finish(event, fresh=kind == "result")
+                tally.dropped += getattr(item, "dropped", 0)  # a SegmentResult's; a stored event has none
                 yield event
                 yield tally.progress(feed)
             elif kind == "decoded":
@@ -400,6 +409,7 @@ async def transcribe_stream(
             segments=feed.cut,
             failed_segments=sorted(tally.failed),
             reused_segments=tally.reused,
+            dropped_pieces=tally.dropped,
         )
     finally:
         pump_task.cancel()

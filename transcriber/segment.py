@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,9 @@ class Segment:
     samples: np.ndarray  # float32, len == end_sample - start_sample
     #: True when the segment is pure silence and the engine may skip it.
     silent: bool = False
+    #: What the speech gate heard in it (a :class:`transcriber.vad.SpeechMap`), set by the
+    #: pipeline after the cut; None when the gate is off.
+    speech: Any = None
 
     @property
     def start(self) -> float:
