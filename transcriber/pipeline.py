@@ -46,7 +46,7 @@ from transcriber.fanout import (
 )
 from transcriber.media import MediaError, Source
 from transcriber.segment import Segment, SegmentOptions, segment_stream
-from transcriber.vad import VadOptions, gate_segment
+from transcriber.vad import VadOptions, gate_segment, quiet_hint
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ class _DecodeFeed:
                 max_seconds=self.options.max_duration,  # raises TooLong past it
                 stop=self.stop,  # kills ffmpeg when the job stops, even mid-read
             )
-            for segment in segment_stream(self._counted(chunks), self.options.segment):
+            hint = quiet_hint(self.options.vad)  # cuts go into music/noise, not into speech
+            for segment in segment_stream(self._counted(chunks), self.options.segment, hint):
                 segment = gate_segment(segment, self.options.vad)
                 self.cut += 1
                 if self.stop.is_set() or not self._put("segment", segment):

@@ -308,6 +308,26 @@ def drop_reason(piece, speech: SpeechMap, language: str | None) -> str | None:
     return None
 
 
+def quiet_hint(options: VadOptions):
+    """For the segmenter (:data:`transcriber.segment.QuietHint`): frames outside the speech
+    regions of the buffered audio, so it cuts in music or noise rather than in a pause of the
+    speech (a 30 s window ending in music has no silence but a sentence's pause, and a cut
+    there split "ask not / what your country" and cost words). None when the gate is off."""
+    if not options.enabled:
+        return None
+
+    def hint(samples: np.ndarray, frame: int) -> np.ndarray:
+        duration = len(samples) / SAMPLE_RATE
+        regions = speech_regions(speech_probs(samples), duration, options)
+        times = (np.arange(len(samples) // frame) + 0.5) * frame / SAMPLE_RATE
+        inside = np.zeros(len(times), dtype=bool)
+        for a, b in regions:
+            inside |= (times >= a) & (times < b)
+        return ~inside
+
+    return hint
+
+
 def gate_segment(segment, options: VadOptions):
     """The pipeline's step: ``segment`` with its speech map, ``silent`` where there is no speech."""
     if not options.enabled or segment.silent:

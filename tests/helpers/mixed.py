@@ -196,14 +196,17 @@ def build_mixed(
     return mixed
 
 
-def words_inside(pieces: Sequence[dict], blocks: Sequence[tuple[float, float, str]]) -> list[str]:
-    """Text of the pieces (``{"start", "end", "text"}``, absolute seconds) that lie mostly
-    (more than half their span) inside one non-speech block."""
+def words_inside(
+    pieces: Sequence[dict], blocks: Sequence[tuple[float, float, str]], slack: float = 0.5
+) -> list[str]:
+    """Text of the pieces (``{"start", "end", "text"}``, absolute seconds) lying inside one
+    non-speech block: all of the piece but at most ``slack`` seconds of it. A piece of real
+    speech whose loose timestamps stretch over a block is not one ("Thank you." over music is)."""
     found = []
     for piece in pieces:
-        span = max(piece["end"] - piece["start"], 1e-3)
+        span = piece["end"] - piece["start"]
         for start, end, _ in blocks:
-            if min(end, piece["end"]) - max(start, piece["start"]) > span / 2 and piece["text"].strip():
+            if min(end, piece["end"]) - max(start, piece["start"]) >= span - slack and piece["text"].strip():
                 found.append(piece["text"].strip())
     return found
 
