@@ -205,10 +205,14 @@ def test_without_the_gate_the_music_is_decoded(mix, mix_wav):
     assert wer(mix.reference, text_of(on)) <= wer(mix.reference, text_of(off)) + 0.01
 
 
-def test_the_gates_times_are_those_of_the_speech(mix, mix_wav):
+def test_the_gates_times_are_those_of_the_speech_and_cuts_fall_outside_it(mix, mix_wav):
     """Only speech regions are decoded, laid end to end; every piece's times map back into
-    the clip it transcribes (within the padding), never into the blocks between."""
+    the clip it transcribes (within the padding), never into the blocks between. And no cut
+    falls inside a clip: the segmenter, told where the VAD hears no speech, cuts in the music
+    or noise, not in a sentence's pause (JFK split after "ask not" cost words)."""
     segments, _ = run(mix_wav, mode="parallel")
+    cuts = [s.end for s in segments[:-1]]
+    assert not [(t, c) for t in cuts for c in mix.clips if c[0] < t < c[1]], (cuts, mix.clips)
     for piece in (p for s in segments for p in s.pieces):
         inside = [c for c in mix.clips if c[0] - 1.2 <= piece["start"] and piece["end"] <= c[1] + 1.2]
         spanning = [c for c in mix.clips if piece["start"] <= c[1] + 1.2 and c[0] - 1.2 <= piece["end"]]

@@ -14,6 +14,8 @@ model less context, so segments are made as long as allowed and cut where nobody
    longest one (runs of 1 s and more count as equal), and of equals the latest, so segments stay
    long; a silence still going on at ``max_seconds`` is cut there. Without a real silence the
    cut goes at the quietest 100 ms in the last ``search_seconds`` before ``max_seconds``.
+   Frames a ``quiet_hint`` marks as non-speech (the speech gate's VAD) count as quiet too, so
+   a window that ends in music is cut in the music, not in a pause of the sentence before it.
 
 Segments cover the input exactly (no gap, no overlap, sample-exact offsets); the tail is always
 emitted, however short; at most ``max_seconds`` of samples are ever buffered.
