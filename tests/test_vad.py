@@ -89,6 +89,20 @@ def test_regions_are_padded_merged_and_stretched_to_near_edges():
     assert a2 == pytest.approx(19.5, abs=0.05) and b2 == 30.0  # the last 0.5 s kept whole
 
 
+def test_compacted_audio_maps_times_back_exactly():
+    audio = np.arange(15 * SAMPLE_RATE, dtype=np.float32)
+    speech = SpeechMap(np.zeros(0, np.uint8), ((1.0, 3.0), (10.0, 12.0)))
+    compact, to_segment = speech.compacted(audio)
+    assert len(compact) == int(4.3 * SAMPLE_RATE)  # 2 s + a 0.3 s joint + 2 s
+    assert compact[int(2.3 * SAMPLE_RATE)] == audio[10 * SAMPLE_RATE]
+    assert to_segment(0.5, False) == pytest.approx(1.5) and to_segment(3.0, True) == pytest.approx(10.7)
+    assert to_segment(2.15, True) == 3.0 and to_segment(2.15, False) == 10.0  # inside the joint
+    # A piece whose end strays a little over the joint keeps to its own region...
+    assert to_segment.piece(Piece(0.2, 2.6, " ask not")) == Piece(1.2, 3.0, " ask not")
+    # ...one that truly spans both keeps both ends.
+    assert to_segment.piece(Piece(0.2, 4.0, " a b")) == Piece(1.2, 11.7, " a b")
+
+
 def test_known_non_speech_phrases_are_matched_loosely_and_by_language():
     for text in (" Thank you.", "Thanks for watching!", "♪", " [Music]", "(applause)", "♪ ♪ ♪"):
         assert is_non_speech_phrase(text, "en"), text
@@ -231,3 +245,16 @@ def test_a_client_may_turn_the_gate_off_per_request(tmp_path):
             off = c.post("/jobs", files={"file": ("a.wav", f)}, data={"vad": "false"}).json()
         assert on["id"] != off["id"]  # part of the cache key
         assert c.get(f"/jobs/{off['id']}").json()["request"]["vad"] is False
+
+
+def test_the_cli_options(capsys):
+    from transcriber.cli import build_parser
+
+    args = build_parser().parse_args(["talk.mp3"])
+    assert (args.vad, args.vad_threshold) == ("on", VadOptions.threshold)
+    args = build_parser().parse_args(["talk.mp3", "--vad", "off", "--vad_threshold", "0.25"])
+    assert (args.vad, args.vad_threshold) == ("off", 0.25)
+    for bad in (["--vad", "maybe"], ["--vad_threshold", "1.5"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["talk.mp3", *bad])
+        assert "--vad" in capsys.readouterr().err

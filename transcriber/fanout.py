@@ -77,8 +77,8 @@ class SegmentJob:
     #: A property of the job rather than a ``map`` argument so that it passes unchanged through
     #: any mapper that wraps another (:class:`SequentialMapper`, a test's recording mapper).
     abandon: str = "finish"
-    #: The speech gate's map of this segment (:class:`transcriber.vad.SpeechMap`): long
-    #: non-speech in it is muted and its text dropped. None: the gate is off, decode it whole.
+    #: The speech gate's map of this segment (:class:`transcriber.vad.SpeechMap`): only its
+    #: speech regions are decoded. None: the gate is off, decode it whole.
     speech: Any = None
 
 

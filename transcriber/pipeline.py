@@ -77,7 +77,8 @@ class PipelineOptions:
     #: Size of ffmpeg reads, seconds; the decode thread notices a stop between two reads.
     chunk_seconds: float = 0.5
     #: The speech gate (:mod:`transcriber.vad`): run in the decode thread on each segment as it
-    #: is cut; segments without speech skip the engine, long non-speech inside one is muted.
+    #: is cut (and guiding the cuts); segments without speech skip the engine, and only the
+    #: speech regions of the others are decoded.
     vad: VadOptions = field(default_factory=VadOptions)
 
 

@@ -318,7 +318,11 @@ def quiet_hint(options: VadOptions):
 
     def hint(samples: np.ndarray, frame: int) -> np.ndarray:
         duration = len(samples) / SAMPLE_RATE
-        regions = speech_regions(speech_probs(samples), duration, options)
+        try:
+            regions = speech_regions(speech_probs(samples), duration, options)
+        except Exception:  # as in gate_segment: without the VAD, cut by loudness alone
+            log.warning("the speech gate failed while choosing a cut", exc_info=True)
+            return np.zeros(len(samples) // frame, dtype=bool)
         times = (np.arange(len(samples) // frame) + 0.5) * frame / SAMPLE_RATE
         inside = np.zeros(len(times), dtype=bool)
         for a, b in regions:
