@@ -109,12 +109,31 @@ def is_non_speech_phrase(text: str, language: str | None = None) -> bool:
 # -- detection (the decode thread) --------------------------------------------------------------
 
 
-@functools.cache
-def _model():
-    """Silero VAD from faster-whisper's package assets, on onnxruntime (one thread)."""
-    from faster_whisper.vad import get_vad_model
+#: The ONNX file faster-whisper ships (its ``faster_whisper/assets``); no download.
+SILERO_ASSET = "silero_vad_v6.onnx"
+#: Samples of the previous frame Silero v5+ reads in front of each 512-sample frame.
+_CONTEXT = 64
 
-    return get_vad_model()
+
+@functools.cache
+def _session():
+    """Silero VAD from faster-whisper's package assets on onnxruntime, one thread, set up as
+    ``faster_whisper.vad`` does. The file is found without importing faster_whisper, which
+    would pull CTranslate2 into the process that cuts segments (+36 MB, +0.3 s at start)."""
+    import importlib.util
+    import os
+
+    import onnxruntime
+
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the speech gate needs faster-whisper, whose package ships Silero VAD")
+    path = os.path.join(spec.submodule_search_locations[0], "assets", SILERO_ASSET)
+    opts = onnxruntime.SessionOptions()
+    opts.inter_op_num_threads = opts.intra_op_num_threads = 1
+    opts.enable_cpu_mem_arena = False
+    opts.log_severity_level = 4
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
 
 
 @dataclass
@@ -219,8 +238,15 @@ def speech_probs(audio: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         return np.zeros(0, dtype=np.float32)
-    padded = np.pad(audio, (0, -len(audio) % FRAME))
-    return np.asarray(_model()(padded), dtype=np.float32).reshape(-1)
+    frames = np.pad(audio, (0, -len(audio) % FRAME)).reshape(-1, FRAME)
+    # Each frame is given with the last 64 samples of the one before (zeros for the first),
+    # and all frames go in one batch with a zero state, as faster_whisper.vad does.
+    context = np.roll(frames[:, -_CONTEXT:], 1, axis=0)
+    context[0] = 0
+    batch = np.concatenate([context, frames], axis=1)
+    state = np.zeros((1, 1, 128), dtype=np.float32)
+    probs, _, _ = _session().run(None, {"input": batch, "h": state, "c": state})
+    return np.asarray(probs, dtype=np.float32).reshape(-1)
 
 
 def speech_regions(probs: np.ndarray, duration: float, options: VadOptions) -> tuple[tuple[float, float], ...]:
