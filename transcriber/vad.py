@@ -4,6 +4,8 @@ Whisper, given a window of music or noise, likes to invent "Thank you.", "♪" o
 phrase. Its own no-speech test passes such windows often enough (a 25 s music block came back as
 "Thank you."), so a voice-activity detector looks at the audio first:
 
+0. :func:`quiet_hint` tells the segmenter which buffered frames hold no speech, so it cuts in
+   music or noise rather than in a pause of a sentence (a cut there costs words).
 1. :func:`detect` runs Silero VAD (the ONNX model faster-whisper ships in its package; no
    download) over one segment, in the pipeline's decode thread, right after the segment is cut.
    Its :class:`SpeechMap` (speech probabilities every 32 ms and the padded speech regions)
