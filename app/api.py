@@ -3,7 +3,7 @@
 Routes (OpenAPI at ``/docs``):
 
 - ``POST /transcribe``: JSON ``{"url", "model"?, "engine"?, "language"?, "task"?, "mode"?,
-  "beam_size"?}`` or multipart with a ``file`` field (plus the same options as form fields);
+  "beam_size"?, "vad"?, "vad_threshold"?}`` or multipart with a ``file`` field (plus the same options as form fields);
   streams the job's events as SSE (default), NDJSON or plain text (``Accept`` or ``?format=``).
   The client going away stops the work.
 - ``POST /jobs`` (same body) -> 201 ``{"id", "events_url", ...}``; ``GET /jobs/{id}``;
@@ -108,6 +108,14 @@ class TranscribeBody(BaseModel):
         None, ge=1, le=100, description=_SUBTITLE_DOC["max_words_per_line"]
     )
     highlight_words: bool | None = Field(None, description=_SUBTITLE_DOC["highlight_words"])
+    vad: bool | None = Field(
+        None,
+        description="The speech gate: no text over music, noise or hum (Silero VAD); default: the "
+        "server's (STREAMSCRIBE_VAD, on).",
+    )
+    vad_threshold: float | None = Field(
+        None, gt=0, lt=1, description="Speech probability at which the gate hears speech (default 0.4)."
+    )
 
 
 #: ``?format=``: the response type, overriding ``Accept``.

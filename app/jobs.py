@@ -52,6 +52,7 @@ from transcriber.fanout import Mapper
 from transcriber.media import youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.urlguard import check_url
+from transcriber.vad import VadOptions
 from transcriber.vocab import ACTIVE, FINISHED, JobStatus, Mode, Task
 
 log = logging.getLogger("streamscribe.jobs")
@@ -124,6 +125,10 @@ class JobRequest:
     max_line_count: int | None = None
     max_words_per_line: int | None = None
     highlight_words: bool | None = None
+    #: The speech gate on or off; None = the server's ``STREAMSCRIBE_VAD``.
+    vad: bool | None = None
+    #: The gate's speech threshold; None = :class:`transcriber.vad.VadOptions`' default.
+    vad_threshold: float | None = None
 
     def resolved(self, settings: Settings) -> JobRequest:
         """Defaults from ``settings`` filled in, and everything validated.
@@ -156,6 +161,8 @@ class JobRequest:
             language=language,
             beam_size=self.beam_size or settings.beam_size,
             word_timestamps=self.word_timestamps is not False,
+            vad=settings.vad if self.vad is None else self.vad,
+            vad_threshold=self.vad_threshold or VadOptions.threshold,
         )
 
     def source_key(self) -> str:
@@ -177,8 +184,15 @@ class JobRequest:
             "beam_size": self.beam_size,
             # Word times change the stored events; the subtitle options only shape downloads.
             "word_timestamps": self.word_timestamps,
+            "vad": self.vad,
+            "vad_threshold": self.vad_threshold,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def vad_options(request: JobRequest) -> VadOptions:
+    """The speech gate a (resolved) request asks for."""
+    return VadOptions(enabled=request.vad is not False, threshold=request.vad_threshold or VadOptions.threshold)
 
 
 @functools.cache
@@ -504,6 +518,7 @@ class JobManager:
                 word_timestamps=bool(request.word_timestamps),
             ),
             mode=request.mode,
+            vad=vad_options(request),
             max_duration=s.max_duration_s or None,
             # A web server must never read its own disk for a URL, and every request made for a
             # link obeys the URL guard (yt-dlp's and the media download's); cookies help with

@@ -31,6 +31,7 @@ import numpy as np
 from transcriber import SAMPLE_RATE
 from transcriber.engine import EngineConfig, Piece, TranscribeOptions, Word
 from transcriber.fanout import MAX_PROMPT_CHARS, PromptCarry, SegmentJob, SegmentResult
+from transcriber.vad import SpeechMap
 
 #: Bumped when the payload layout changes incompatibly; a mismatch is an error, not a guess.
 PAYLOAD_VERSION = 1
@@ -79,6 +80,9 @@ def encode_job(job: SegmentJob) -> dict[str, Any]:
         "samples": len(job.audio),
         "pcm": pcm,
         "options": asdict(job.options),
+        # The speech gate's map, computed where the segment was cut; the container decodes
+        # only its speech regions (see transcriber.vad).
+        "speech": None if job.speech is None else job.speech.to_payload(),
     }
 
 
@@ -107,6 +111,7 @@ def decode_job(payload: dict[str, Any], engine: EngineConfig) -> SegmentJob:
             engine=engine,
             options=TranscribeOptions(**_known(TranscribeOptions, payload["options"])),
             silent=silent,
+            speech=None if payload.get("speech") is None else SpeechMap.from_payload(payload["speech"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise PayloadError(f"malformed segment payload: {err}") from err

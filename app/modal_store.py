@@ -54,7 +54,8 @@ from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from app.jobs import JobError
-from app.store import FINISHED, INTERRUPTED, JobRecord, StoredEvent
+from app.store import JobRecord, StoredEvent
+from transcriber.vocab import ACTIVE, FINISHED, JobStatus
 
 log = logging.getLogger("streamscribe.modal_store")
 
@@ -67,7 +68,7 @@ KEY_HISTORY = 8
 #: Seconds a job's owner lease lives without a heartbeat; the heartbeat renews it 4x as often.
 LEASE_S = 60.0
 #: Statuses the status index keeps (JobManager lists these at start-up, never the finished ones).
-INDEXED = ("queued", "running", INTERRUPTED)
+INDEXED = (*ACTIVE, JobStatus.INTERRUPTED)
 
 _UPDATABLE = ("status", "title", "duration", "source_id", "error")
 _JOB_FIELDS = tuple(f.name for f in fields(JobRecord))
@@ -180,7 +181,7 @@ class ModalDictStore:
                     joining = self._read(f"jobs-by-status:{job.status}", [])
                     writes[f"jobs-by-status:{job.status}"] = self._dump([*joining, job_id])
             self.kv.update(writes)
-        if job.status in (*FINISHED, INTERRUPTED):
+        if job.status in (*FINISHED, JobStatus.INTERRUPTED):
             # This container is done with the job: whoever resumes it may take it at once.
             self.release(job_id)
 

@@ -58,6 +58,9 @@ class Settings:
     extra_extractors: tuple[str, ...] = ()
     #: ``STREAMSCRIBE_BEAM_SIZE``: default beam size (a request may ask for another, 1-10).
     beam_size: int = 5
+    #: ``STREAMSCRIBE_VAD``: 1 (default) runs the speech gate (no text over music or noise,
+    #: see transcriber.vad); 0 decodes every segment whole. A request's ``vad`` overrides it.
+    vad: bool = True
     #: ``STREAMSCRIBE_TOKEN``: when set, API calls need ``Authorization: Bearer <token>``.
     token: str | None = None
     #: ``STREAMSCRIBE_COOKIES_FILE``: a Netscape cookies.txt handed to yt-dlp (bot checks).
@@ -106,6 +109,7 @@ class Settings:
             ),
             extra_extractors=env.items("EXTRA_EXTRACTORS", d.extra_extractors),
             beam_size=env.integer("BEAM_SIZE", d.beam_size, minimum=1),
+            vad=env.flag("VAD", d.vad),
             token=env.text("TOKEN", None),
             cookies_file=env.text("COOKIES_FILE", None),
             max_duration_s=env.number("MAX_DURATION_S", d.max_duration_s),

@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench import inputs
+from bench import inputs, mixed
 from bench.measure import BenchError, Run, run_child
 from bench.report import evaluate_goals, markdown, word_error_rate
 from bench.systems import BenchConfig, all_systems, child_env, default_systems, resolve_weights
@@ -97,6 +97,32 @@ def median_record(records: list[dict]) -> dict:
     return record
 
 
+def mixed_section(chosen: list[str], measure_run) -> dict:
+    """The chosen systems of :data:`bench.mixed.MIXED_SYSTEMS` on the mixed input, scored."""
+    wav_input, blocks = mixed.mixed_input()
+    systems = {}
+    for name in (n for n in chosen if n in mixed.MIXED_SYSTEMS):
+        print(f"[bench] mixed.{name} ...", file=sys.stderr, flush=True)
+        run, record = measure_run(name, f"mixed.{name}", wav_input)
+        systems[name] = mixed.score(record, run.pieces, blocks)
+        print(f"[bench] mixed.{name}: WER {record['wer']}, words in non-speech "
+              f"{systems[name]['words_in_non_speech']}", file=sys.stderr, flush=True)
+    return {"input": wav_input.describe(), "blocks": blocks, "systems": systems, "goals": mixed.goals(systems)}
+
+
+def _mixed_only(args: argparse.Namespace, chosen: list[str], measure_run) -> int:
+    """``--mixed-only``: the mixed section alone, in ``OUT/mixed.json`` and printed."""
+    try:
+        section = mixed_section(chosen, measure_run)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "mixed.json").write_text(json.dumps(section, indent=2) + "\n")
+    print(mixed.markdown(section))
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,6 +148,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also streamscribe on 60 min (first segment) and 3 h (peak memory)")
     p.add_argument("--long-minutes", default=None, metavar="TTFS,RSS",
                    help="override the --long lengths (default 60,180)")
+    p.add_argument("--no-mixed", dest="mixed", action="store_false",
+                   help="skip the mixed speech + music/noise input (bench/mixed.py)")
+    p.add_argument("--mixed-only", action="store_true",
+                   help="run only the mixed input (its section of results.json and RESULTS.md)")
     p.add_argument("--out", type=Path, default=BENCH_DIR,
                    help="where results.json and RESULTS.md go (default bench/)")
     args = p.parse_args(argv)
@@ -177,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
               f"WER {record['wer']}", file=sys.stderr, flush=True)
         return record
 
+    def measure_run(name: str, label: str, wav_input: inputs.BenchInput) -> tuple[Run, dict]:
+        command = systems[name].command(wav_input.wav, cfg, weights)
+        run = run_child(label, command, log_dir, env=env)
+        return run, run_record(run, wav_input, command)
+
+    if args.mixed_only:
+        return _mixed_only(args, chosen, measure_run)
+
     try:
         # Round-robin so a burst of other load on the machine hits every system alike.
         runs: dict[str, list[dict]] = {name: [] for name in chosen}
@@ -197,13 +235,15 @@ def main(argv: list[str] | None = None) -> int:
                             long_input, stop)
                     for i in range(count)
                 ])
+        if args.mixed:
+            results["mixed"] = mixed_section(chosen, measure_run)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["ratios"] = evaluate_goals(results)
-    table = markdown(results)
+    table = markdown(results) + mixed.markdown(results.get("mixed") or {})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "RESULTS.md").write_text(table)

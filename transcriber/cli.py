@@ -46,6 +46,7 @@ from transcriber.media import MediaError, youtube_id
 from transcriber.pipeline import PipelineOptions, transcribe_stream
 from transcriber.playlist import MAX_ITEMS, Playlist, file_name, list_playlist
 from transcriber.subtitles import SubtitleOptions
+from transcriber.vad import VadOptions
 from transcriber.vocab import EngineName, Mode, OutputFormat, Task
 
 #: The transcript documents, plus ``text`` (txt that streams) and ``ndjson`` (the events).
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mode", choices=tuple(Mode), default=Mode.PARALLEL,
         help="parallel (default) fans segments out; sequential transcribes one at a time, "
         "each prompted with the text before it")  # fmt: skip
+    add("--vad", choices=("on", "off"), default="on",
+        help="the speech gate: no text over music, noise or hum (default: %(default)s)")  # fmt: skip
+    add("--vad_threshold", "--vad-threshold", type=_probability, default=VadOptions.threshold,
+        help="speech probability at which the gate hears speech (default: %(default)s; "
+        "lower keeps more)")  # fmt: skip
     add("--format", "--output_format", "-f", dest="format", choices=OUTPUT_FORMATS,
         default="text", metavar="FORMAT",
         help=f"{', '.join(OUTPUT_FORMATS)} (default: %(default)s; text and ndjson stream)")  # fmt: skip
@@ -101,6 +107,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
     return value
 
 
@@ -285,6 +298,7 @@ async def _options(args: argparse.Namespace) -> PipelineOptions:
         ),
         mode=args.mode,
         max_duration=args.max_duration,
+        vad=VadOptions(enabled=args.vad == "on", threshold=args.vad_threshold),
     )
 
 

@@ -91,6 +91,9 @@ class Done:
     failed_segments: list[int] = field(default_factory=list)
     #: Segments a resumed run took from the earlier run's store instead of transcribing again.
     reused_segments: int = 0
+    #: Pieces the speech gate dropped as non-speech (text over music or noise, or one of
+    #: Whisper's stock phrases where the VAD heard no speech); logged at debug level.
+    dropped_pieces: int = 0
 
 
 @dataclass

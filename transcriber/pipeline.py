@@ -51,6 +51,7 @@ from transcriber.fanout import (
 )
 from transcriber.media import MediaError, Source
 from transcriber.segment import Segment, SegmentOptions, segment_stream
+from transcriber.vad import VadOptions, gate_segment, quiet_hint
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ class PipelineOptions:
     buffer_segments: int = 8
     #: Size of ffmpeg reads, seconds; the decode thread notices a stop between two reads.
     chunk_seconds: float = 0.5
+    #: The speech gate (:mod:`transcriber.vad`): run in the decode thread on each segment as it
+    #: is cut (and guiding the cuts); segments without speech skip the engine, and only the
+    #: speech regions of the others are decoded.
+    vad: VadOptions = field(default_factory=VadOptions)
 
 
 # -- the messages between the steps -----------------------------------------------------------
@@ -201,7 +206,9 @@ class _DecodeFeed:
                 max_seconds=self.options.max_duration,  # raises TooLong past it
                 stop=self.stop,  # kills ffmpeg when the job stops, even mid-read
             )
-            for segment in segment_stream(self._counted(chunks), self.options.segment):
+            hint = quiet_hint(self.options.vad)  # cuts go into music/noise, not into speech
+            for segment in segment_stream(self._counted(chunks), self.options.segment, hint):
+                segment = gate_segment(segment, self.options.vad)
                 self.cut += 1
                 if self.stop.is_set() or not self._put(Cut(segment)):
                     return
@@ -235,6 +242,8 @@ class _Tally:
     first_any_segment: float | None = None
     #: Segments taken from ``completed=`` instead of being transcribed again.
     reused: int = 0
+    #: Pieces the speech gate dropped.
+    dropped: int = 0
 
     def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
         """Count a segment sent; ``fresh`` when this run transcribed it (not reused)."""
@@ -352,6 +361,7 @@ async def transcribe_stream(
             match await outbox.get():
                 case Transcribed(result):
                     event, fresh = _segment_event(result), True
+                    tally.dropped += result.dropped
                 case Reused(stored):
                     event, fresh = stored, False
                 case DecodeEnded():
@@ -453,6 +463,7 @@ async def _jobs(
             options=transcribe,
             silent=segment.silent,
             abandon=abandon,
+            speech=segment.speech,
         )
 
 
@@ -484,6 +495,7 @@ def _done(tally: _Tally, feed: _DecodeFeed) -> Done:
         segments=feed.cut,
         failed_segments=sorted(tally.failed),
         reused_segments=tally.reused,
+        dropped_pieces=tally.dropped,
     )
 
 

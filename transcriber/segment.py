@@ -14,6 +14,8 @@ model less context, so segments are made as long as allowed and cut where nobody
    longest one (runs of 1 s and more count as equal), and of equals the latest, so segments stay
    long; a silence still going on at ``max_seconds`` is cut there. Without a real silence the
    cut goes at the quietest 100 ms in the last ``search_seconds`` before ``max_seconds``.
+   Frames a ``quiet_hint`` marks as non-speech (the speech gate's VAD) count as quiet too, so
+   a window that ends in music is cut in the music, not in a pause of the sentence before it.
 
 Segments cover the input exactly (no gap, no overlap, sample-exact offsets); the tail is always
 emitted, however short; at most ``max_seconds`` of samples are ever buffered.
@@ -26,8 +28,9 @@ segment loud, a spoken word does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +67,9 @@ class Segment:
     samples: np.ndarray  # float32, len == end_sample - start_sample
     #: True when the segment is pure silence and the engine may skip it.
     silent: bool = False
+    #: What the speech gate heard in it (a :class:`transcriber.vad.SpeechMap`), set by the
+    #: pipeline after the cut; None when the gate is off.
+    speech: Any = None
 
     @property
     def start(self) -> float:
@@ -104,11 +110,18 @@ def _frame_power(samples: np.ndarray, frame: int) -> np.ndarray:
     return power
 
 
+#: ``quiet_hint(samples, frame)``: one bool per ``frame`` samples, True where another detector
+#: (the speech gate's VAD) knows nobody speaks. Such frames count as quiet however loud they
+#: are, so a cut lands in music or noise rather than in a short pause of the speech before it.
+QuietHint = Callable[[np.ndarray, int], np.ndarray]
+
+
 class Segmenter:
     """Streaming segmenter: ``feed(chunk)`` returns the segments that chunk completed,
     ``finish()`` the rest. Holds at most ``max_seconds`` of samples."""
 
-    def __init__(self, options: SegmentOptions | None = None) -> None:
+    def __init__(self, options: SegmentOptions | None = None, quiet_hint: QuietHint | None = None) -> None:
+        self.quiet_hint = quiet_hint
         self.options = opts = options or SegmentOptions()
         if not 0 < opts.frame_seconds <= opts.max_seconds:
             raise ValueError("need 0 < frame_seconds <= max_seconds")
@@ -182,6 +195,8 @@ class Segmenter:
             threshold = _DIGITAL_SILENCE_DB
         quiet = np.zeros(hi - lo + 2, dtype=np.int8)
         quiet[1:-1] = level[lo:hi] < threshold
+        if self.quiet_hint is not None:
+            quiet[1:-1] |= self.quiet_hint(self._buf[: hi * frame], frame)[lo:hi]
         edges = np.diff(quiet)
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         lengths = ends - starts
@@ -219,14 +234,16 @@ class Segmenter:
         return segment
 
 
-def segment_stream(chunks: Iterable[np.ndarray], options: SegmentOptions | None = None) -> Iterator[Segment]:
+def segment_stream(
+    chunks: Iterable[np.ndarray], options: SegmentOptions | None = None, quiet_hint: QuietHint | None = None
+) -> Iterator[Segment]:
     """Yield segments as soon as each is complete; together they cover the input exactly.
 
     When ``chunks`` raises (a transfer cut off, :class:`~transcriber.media.TooLong`), the audio
     that did arrive is still yielded as segments before the error propagates. Closing this
     generator closes ``chunks`` (which stops ffmpeg in :func:`~transcriber.media.decode`).
     """
-    segmenter = Segmenter(options)
+    segmenter = Segmenter(options, quiet_hint)
     source = iter(chunks)
     try:
         try:

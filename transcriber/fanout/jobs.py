@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,6 +48,9 @@ class SegmentJob:
     #: A property of the job rather than a ``map`` argument so that it passes unchanged through
     #: any mapper that wraps another (:class:`SequentialMapper`, a test's recording mapper).
     abandon: str = "finish"
+    #: The speech gate's map of this segment (:class:`transcriber.vad.SpeechMap`): only its
+    #: speech regions are decoded. None: the gate is off, decode it whole.
+    speech: Any = None
 
 
 @dataclass
@@ -64,6 +67,8 @@ class SegmentResult:
     elapsed: float = 0.0
     #: Tries it took (engine retries and worker replacements included).
     attempts: int = 1
+    #: Pieces the speech gate dropped (non-speech, see :mod:`transcriber.vad`).
+    dropped: int = 0
 
     @property
     def text(self) -> str:
@@ -100,10 +105,12 @@ def run_job(job: SegmentJob) -> SegmentResult:
     if not job.silent:
         try:
             from transcriber.engine import get_engine  # the engine cache lives in engine.py
+            from transcriber.vad import transcribe_gated
 
             faults.inject(job.index)  # a test hook: a no-op unless STREAMSCRIBE_FAULTS is set
-            pieces = get_engine(job.engine).transcribe(job.audio, job.options)
-            result.pieces = [_absolute(p, job.start, job.end) for p in pieces]
+            gated = transcribe_gated(get_engine(job.engine), job.audio, job.options, job.speech)
+            result.pieces = [_absolute(p, job.start, job.end) for p in gated.pieces]
+            result.dropped = gated.dropped
         except Exception as exc:  # any engine failure is this segment's, not the job's
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             result.error = f"the speech engine failed on this segment ({type(exc).__name__}" + (

@@ -1,0 +1,392 @@
+"""The speech gate: no text where nobody speaks (music, noise, hum).
+
+Whisper, given a window of music or noise, likes to invent "Thank you.", "♪" or a repeated
+phrase. Its own no-speech test passes such windows often enough (a 25 s music block came back as
+"Thank you."), so a voice-activity detector looks at the audio first:
+
+0. :func:`quiet_hint` tells the segmenter which buffered frames hold no speech, so it cuts in
+   music or noise rather than in a pause of a sentence (a cut there costs words).
+1. :func:`detect` runs Silero VAD (the ONNX model faster-whisper ships in its package; no
+   download) over one segment, in the pipeline's decode thread, right after the segment is cut.
+   Its :class:`SpeechMap` (speech probabilities every 32 ms and the padded speech regions)
+   travels with the job to whatever worker decodes it: a local process, a Modal container.
+2. A segment with no speech region is marked ``silent``: no engine sees it, as with digital
+   silence.
+3. :func:`transcribe_gated`, in the shared per-job step (:func:`transcriber.fanout.run_job`),
+   decodes only the speech regions of a segment, laid end to end (long music or noise is never
+   decoded), and maps every time back exactly. Then the last guard: a piece with little speech
+   probability under it whose text is one of Whisper's known non-speech phrases
+   (:data:`NON_SPEECH_PHRASES`, the one list of them) is dropped.
+
+Tuned for recall: the threshold is below Silero's customary 0.5, regions are padded by half a
+second and gaps under two seconds are left alone, so the gate never takes a word of the speech
+fixtures (faster-whisper's batched mode, whose VAD cuts tight, lost 17 words on the same input).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from transcriber import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+#: Silero's frame: 512 samples (32 ms) at 16 kHz.
+FRAME = 512
+FRAME_SECONDS = FRAME / SAMPLE_RATE
+#: The last guard drops a known non-speech phrase only where the mean speech probability under
+#: the piece is below this (speech scores 0.5-0.9 on average over a clip, noise under 0.02).
+PHRASE_MAX_PROB = 0.3
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    """The speech gate's knobs (``--vad``, ``--vad_threshold``; request fields ``vad``,
+    ``vad_threshold``). Frozen and plain, so it is part of a job's cache key."""
+
+    #: Off: every segment is decoded whole, as before the gate existed.
+    enabled: bool = True
+    #: A 32 ms frame with a speech probability at or above this starts speech. Silero's own
+    #: default is 0.5; on the fixtures every speech clip peaks above 0.96 while chords, pink
+    #: noise, hum with clicks and speech-band noise stay under 0.26, so 0.4 keeps a margin on
+    #: the side of speech (soft or distant voices score lower).
+    threshold: float = 0.4
+    #: Speech goes on until the probability falls under ``threshold - 0.15`` (hysteresis, as in
+    #: Silero's reference code), so a soft word inside a sentence does not end it.
+    hysteresis: float = 0.15
+    #: Seconds added on each side of a speech region (word onsets and tails score low).
+    pad_seconds: float = 0.5
+    #: Non-speech shorter than this between two regions is kept (decoded as it is): pauses
+    #: between sentences belong to the speech, and cutting them out would gain nothing.
+    min_gap_seconds: float = 2.0
+    #: A speech region shorter than this (before padding) is a click, not a word.
+    min_speech_seconds: float = 0.1
+
+
+#: Whisper's stock answers to non-speech (music, applause, silence), normalised by
+#: :func:`_phrase_key`, by language (``None``: any language; a multilingual model may answer
+#: in another language than the one asked for). Only ever dropped where the VAD heard no speech.
+NON_SPEECH_PHRASES: dict[str | None, frozenset[str]] = {
+    None: frozenset({"", "music", "applause", "laughter", "silence", "blank_audio", "inaudible"}),
+    "en": frozenset({
+        "thank you", "thank you very much", "thank you so much", "thanks", "thanks for watching",
+        "thank you for watching", "thanks for watching and see you next time",
+        "please subscribe", "subscribe", "like and subscribe", "bye", "bye bye", "you", "oh",
+        "so", "okay", "the end", "music playing", "upbeat music", "soft music", "dramatic music",
+    }),
+    "de": frozenset({"vielen dank", "danke", "untertitel im auftrag des zdf", "tschüss"}),
+    "fr": frozenset({"merci", "sous-titrage st' 501", "merci d'avoir regardé"}),
+    "es": frozenset({"gracias", "gracias por ver", "subtítulos realizados por la comunidad de amara.org"}),
+    "it": frozenset({"grazie", "grazie per la visione"}),
+    "pt": frozenset({"obrigado", "obrigada"}),
+    "nl": frozenset({"bedankt", "dank je wel"}),
+    "ja": frozenset({"ご視聴ありがとうございました", "ありがとうございました"}),
+    "zh": frozenset({"谢谢观看", "请不吝点赞 订阅 转发 打赏支持明镜与点点栏目"}),
+    "ru": frozenset({"спасибо", "продолжение следует", "спасибо за просмотр"}),
+}
+
+
+def _phrase_key(text: str) -> str:
+    """Lower case, without brackets, music notes and end punctuation: "[Music]" -> "music"."""
+    text = re.sub(r"[\[\]()*♪♫♬🎵🎶]", " ", text.lower())
+    text = re.sub(r"[.!?,;:…。！？、\"]+", " ", text)
+    return " ".join(text.split())
+
+
+def is_non_speech_phrase(text: str, language: str | None = None) -> bool:
+    """Is ``text`` one of Whisper's stock non-speech answers (for ``language``; None: any)?"""
+    if language is None:  # detected per segment: any language's phrases may come back
+        phrases = frozenset().union(*NON_SPEECH_PHRASES.values())
+    else:
+        phrases = NON_SPEECH_PHRASES[None] | NON_SPEECH_PHRASES.get(language.split("-")[0], frozenset())
+    return _phrase_key(text) in phrases
+
+
+# -- detection (the decode thread) --------------------------------------------------------------
+
+
+#: The ONNX file faster-whisper ships (its ``faster_whisper/assets``); no download.
+SILERO_ASSET = "silero_vad_v6.onnx"
+#: Samples of the previous frame Silero v5+ reads in front of each 512-sample frame.
+_CONTEXT = 64
+#: Frames per call to the model (4 s).
+_BATCH_FRAMES = 128
+
+
+@functools.cache
+def _session():
+    """Silero VAD from faster-whisper's package assets on onnxruntime, one thread, set up as
+    ``faster_whisper.vad`` does. The file is found without importing faster_whisper, which
+    would pull CTranslate2 into the process that cuts segments (+36 MB, +0.3 s at start)."""
+    import importlib.util
+    import os
+
+    import onnxruntime
+
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the speech gate needs faster-whisper, whose package ships Silero VAD")
+    path = os.path.join(spec.submodule_search_locations[0], "assets", SILERO_ASSET)
+    opts = onnxruntime.SessionOptions()
+    opts.inter_op_num_threads = opts.intra_op_num_threads = 1
+    opts.enable_cpu_mem_arena = False
+    opts.log_severity_level = 4
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
+
+
+@dataclass
+class SpeechMap:
+    """What the VAD heard in one segment, in seconds relative to the segment's start."""
+
+    #: Speech probability of each 32 ms frame (uint8: probability × 255, small to ship).
+    probs: np.ndarray
+    #: Padded, merged speech regions ``(start, end)``; empty: nothing in it is speech.
+    regions: tuple[tuple[float, float], ...] = field(default_factory=tuple)
+
+    @property
+    def has_speech(self) -> bool:
+        return bool(self.regions)
+
+    def mean_prob(self, start: float, end: float) -> float:
+        lo = max(0, int(start / FRAME_SECONDS))
+        hi = max(lo + 1, int(np.ceil(end / FRAME_SECONDS)))
+        frames = self.probs[lo:hi]
+        return float(frames.mean()) / 255 if frames.size else 0.0
+
+    def overlap(self, start: float, end: float) -> float:
+        """Seconds of ``[start, end]`` inside a speech region."""
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.regions)
+
+    def compacted(self, audio: np.ndarray) -> tuple[np.ndarray, _TimeMap]:
+        """The speech regions of ``audio`` laid end to end, :data:`JOINT_SECONDS` of silence
+        between two, and the map from times in that audio back to times in ``audio``."""
+        parts, starts = [], []
+        position = 0
+        joint = np.zeros(int(JOINT_SECONDS * SAMPLE_RATE), dtype=np.float32)
+        for k, (a, b) in enumerate(self.regions):
+            if k:
+                parts.append(joint)
+                position += len(joint)
+            lo, hi = int(round(a * SAMPLE_RATE)), int(round(b * SAMPLE_RATE))
+            parts.append(audio[lo:hi])
+            starts.append(position / SAMPLE_RATE)
+            position += hi - lo
+        return np.concatenate(parts), _TimeMap(self.regions, tuple(starts))
+
+    def to_payload(self) -> dict[str, Any]:
+        """Plain data for a transport that does not pickle (the Modal payload)."""
+        return {"probs": self.probs.astype(np.uint8).tobytes(), "regions": [list(r) for r in self.regions]}
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> SpeechMap:
+        probs = np.frombuffer(data["probs"], dtype=np.uint8)
+        return cls(probs, tuple((float(a), float(b)) for a, b in data["regions"]))
+
+
+#: Silence put between two speech regions laid end to end: the decoder hears a pause (and ends a
+#: sentence there) rather than two voices glued together, and a time that falls in it is
+#: plainly the end of one region or the start of the next.
+JOINT_SECONDS = 0.3
+#: A piece edge less than this far over a joint is pulled back to it (see :meth:`_TimeMap.piece`).
+SNAP_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _TimeMap:
+    """Times in compacted audio -> times in the segment (see :meth:`SpeechMap.compacted`)."""
+
+    regions: tuple[tuple[float, float], ...]
+    #: Where each region starts in the compacted audio.
+    starts: tuple[float, ...]
+
+    def region(self, t: float) -> int:
+        """Index of the region a segment time falls in (or the last one before it)."""
+        return max(0, int(np.searchsorted([a for a, _ in self.regions], t, side="right")) - 1)
+
+    def __call__(self, t: float, is_end: bool) -> float:
+        k = max(0, int(np.searchsorted(self.starts, t + (1e-6 if not is_end else -1e-6), side="right")) - 1)
+        a, b = self.regions[k]
+        original = a + (t - self.starts[k])
+        if original > b:  # in the joint after region k: its end, or the next region's start
+            return b if is_end or k + 1 == len(self.regions) else self.regions[k + 1][0]
+        return max(a, original)
+
+    def piece(self, piece):
+        start, end = self(piece.start, False), self(piece.end, True)
+        # Whisper ends a piece where the next one starts, so an end lands a little into the
+        # region after a joint, and a start a little before one: pull such an edge back over
+        # the joint (at most SNAP_SECONDS of padded region is given up; no text is).
+        first, last = self.region(start), self.region(end)
+        while last > first and end - self.regions[last][0] < SNAP_SECONDS:
+            last -= 1
+            end = self.regions[last][1]
+        while first < last and self.regions[first][1] - start < SNAP_SECONDS:
+            first += 1
+            start = self.regions[first][0]
+        end = max(start, end)
+        words = piece.words and [
+            replace(w, start=min(max(self(w.start, False), start), end), end=min(max(self(w.end, True), start), end))
+            for w in piece.words
+        ]
+        return replace(piece, start=start, end=end, words=words)
+
+
+def speech_probs(audio: np.ndarray) -> np.ndarray:
+    """Silero's speech probability for every 32 ms frame of ``audio`` (16 kHz float32)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    frames = np.pad(audio, (0, -len(audio) % FRAME)).reshape(-1, FRAME)
+    # Each frame is given with the last 64 samples of the one before (zeros for the first),
+    # as faster_whisper.vad does; frames go in batches that carry the model's state on, as
+    # there, but of 4 s rather than 10000 frames: the same probabilities, and a 30 s call
+    # no longer holds 26 MB of intermediate tensors.
+    context = np.roll(frames[:, -_CONTEXT:], 1, axis=0)
+    context[0] = 0
+    batch = np.concatenate([context, frames], axis=1)
+    h = c = np.zeros((1, 1, 128), dtype=np.float32)
+    probs = []
+    for i in range(0, len(batch), _BATCH_FRAMES):
+        out, h, c = _session().run(None, {"input": batch[i : i + _BATCH_FRAMES], "h": h, "c": c})
+        probs.append(out)
+    return np.concatenate(probs).astype(np.float32).reshape(-1)
+
+
+def speech_regions(probs: np.ndarray, duration: float, options: VadOptions) -> tuple[tuple[float, float], ...]:
+    """Frames -> padded speech regions, gaps under ``min_gap_seconds`` merged, in seconds."""
+    raw: list[list[float]] = []
+    speaking = False
+    low = max(options.threshold - options.hysteresis, 0.01)
+    for i, p in enumerate(probs):
+        if not speaking and p >= options.threshold:
+            speaking = True
+            raw.append([i * FRAME_SECONDS, (i + 1) * FRAME_SECONDS])
+        elif speaking and p < low:
+            speaking = False
+        if speaking:
+            raw[-1][1] = (i + 1) * FRAME_SECONDS
+    regions: list[list[float]] = []
+    for a, b in raw:
+        if b - a < options.min_speech_seconds:
+            continue
+        a, b = max(0.0, a - options.pad_seconds), min(duration, b + options.pad_seconds)
+        if regions and a - regions[-1][1] < options.min_gap_seconds:
+            regions[-1][1] = max(regions[-1][1], b)
+        else:
+            regions.append([a, b])
+    # Leading and trailing non-speech shorter than the gap stays too (a segment's edges are
+    # cut in quiet places, and a word may run up to them).
+    if regions and regions[0][0] < options.min_gap_seconds:
+        regions[0][0] = 0.0
+    if regions and duration - regions[-1][1] < options.min_gap_seconds:
+        regions[-1][1] = duration
+    return tuple((round(a, 3), round(b, 3)) for a, b in regions)
+
+
+def detect(audio: np.ndarray, options: VadOptions) -> SpeechMap:
+    """The :class:`SpeechMap` of one segment's samples."""
+    probs = speech_probs(audio)
+    regions = speech_regions(probs, len(audio) / SAMPLE_RATE, options)
+    return SpeechMap(np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8), regions)
+
+
+# -- gating (the shared per-job step) -----------------------------------------------------------
+
+
+@dataclass
+class Gated:
+    pieces: list
+    #: Pieces the gate dropped (counted in the ``done`` event's ``dropped_pieces``).
+    dropped: int = 0
+
+
+def transcribe_gated(engine, audio: np.ndarray, options, speech: SpeechMap | None) -> Gated:
+    """``engine.transcribe`` with the gate: only the speech regions are decoded (laid end to
+    end, times mapped back exactly), and what still looks like non-speech is dropped.
+
+    Without a speech map (the gate is off) this is ``engine.transcribe`` itself.
+    """
+    if speech is None:
+        return Gated(engine.transcribe(audio, options))
+    duration = len(audio) / SAMPLE_RATE
+    if not speech.regions:  # a silent job: run_job does not get here, but a direct caller may
+        return Gated([])
+    if speech.regions == ((0.0, round(duration, 3)),):  # speech all through: nothing to cut
+        pieces = engine.transcribe(audio, options)
+    else:
+        compact, to_segment = speech.compacted(audio)
+        pieces = [to_segment.piece(p) for p in engine.transcribe(compact, options)]
+    kept, dropped = [], 0
+    for piece in pieces:
+        reason = drop_reason(piece, speech, options.language)
+        if reason is None:
+            kept.append(piece)
+        else:
+            dropped += 1
+            log.debug("speech gate dropped %r at %.2f-%.2f s: %s", piece.text, piece.start, piece.end, reason)
+    return Gated(kept, dropped)
+
+
+def drop_reason(piece, speech: SpeechMap, language: str | None) -> str | None:
+    """Why the gate drops ``piece`` (times relative to its segment), or None to keep it."""
+    if speech.overlap(piece.start, piece.end) <= 0.0:
+        return "no speech under it"
+    prob = speech.mean_prob(piece.start, piece.end)
+    if prob < PHRASE_MAX_PROB and is_non_speech_phrase(piece.text, language):
+        return f"a known non-speech phrase over speech probability {prob:.2f}"
+    return None
+
+
+def quiet_hint(options: VadOptions):
+    """For the segmenter (:data:`transcriber.segment.QuietHint`): frames outside the speech
+    regions of the buffered audio, so it cuts in music or noise rather than in a pause of the
+    speech (a 30 s window ending in music has no silence but a sentence's pause, and a cut
+    there split "ask not / what your country" and cost words). None when the gate is off."""
+    if not options.enabled:
+        return None
+
+    def hint(samples: np.ndarray, frame: int) -> np.ndarray:
+        duration = len(samples) / SAMPLE_RATE
+        try:
+            regions = speech_regions(speech_probs(samples), duration, options)
+        except Exception:  # as in gate_segment: without the VAD, cut by loudness alone
+            log.warning("the speech gate failed while choosing a cut", exc_info=True)
+            return np.zeros(len(samples) // frame, dtype=bool)
+        times = (np.arange(len(samples) // frame) + 0.5) * frame / SAMPLE_RATE
+        inside = np.zeros(len(times), dtype=bool)
+        for a, b in regions:
+            inside |= (times >= a) & (times < b)
+        return ~inside
+
+    return hint
+
+
+def gate_segment(segment, options: VadOptions):
+    """The pipeline's step: ``segment`` with its speech map, ``silent`` where there is no speech."""
+    if not options.enabled or segment.silent:
+        return segment
+    try:
+        speech = detect(segment.samples, options)
+    except Exception:  # no onnxruntime, a broken model file: decode ungated rather than lose text
+        log.warning("the speech gate failed on segment %d; decoding it whole", segment.index, exc_info=True)
+        return segment
+    if not speech.has_speech:
+        log.debug("segment %d (%.1f-%.1f s): no speech, skipped", segment.index, segment.start, segment.end)
+    return replace(segment, speech=speech, silent=not speech.has_speech)
+
+
+__all__ = [
+    "NON_SPEECH_PHRASES",
+    "SpeechMap",
+    "VadOptions",
+    "detect",
+    "gate_segment",
+    "is_non_speech_phrase",
+    "transcribe_gated",
+]
