@@ -443,7 +443,7 @@ class Transcriber:
         yield from transcribe_in_order(payloads, carry, self.config)
 
 
-@app.function(image=gpu_image(), env=config.web_env, volumes={MODELS_DIR: models_volume},
+@app.function(image=gpu_image(), env={**config.web_env}, volumes={MODELS_DIR: models_volume},
               cpu=2.0, memory=8192, timeout=3600)  # fmt: skip
 def download_weights() -> str:
     """Write the pinned model's weights to the models Volume, once per deployment.

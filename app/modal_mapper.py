@@ -22,9 +22,9 @@ needs nothing from it, which is what lets tests run the GPU method's body throug
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import asdict, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -251,7 +251,7 @@ class ModalMapper:
             raise ValueError(refused)
         return self.transcriber_cls(engine=config.engine, model=config.model).transcribe
 
-    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncGenerator[SegmentResult, None]:
         jobs = aiter(jobs)
         first = await anext(jobs, None)
         if first is None:
@@ -270,7 +270,7 @@ class ModalMapper:
                 result = SegmentResult(job.index, job.start, job.end, error=_failure_message(err))
             finally:
                 # Settled before its result is queued, so the loop below sees it gone.
-                outstanding.pop(asyncio.current_task(), None)
+                outstanding.pop(cast(asyncio.Task, asyncio.current_task()), None)  # run as a task
                 slots.release()
             results.put_nowait(result)
 
@@ -329,7 +329,7 @@ class ModalMapper:
 class _GenMethod(Protocol):
     """The slice of a generator ``modal.Function`` the sequential mapper uses."""
 
-    def aio(self, payloads: list[dict], carry: dict) -> AsyncIterator[Any]: ...
+    def aio(self, payloads: list[dict], carry: dict) -> AsyncGenerator[Any, None]: ...
 
 
 #: Marks the end of the jobs in :class:`ModalSequentialMapper`'s buffer.
@@ -393,7 +393,7 @@ class ModalSequentialMapper:
         instance = self.transcriber_cls(engine=config.engine, model=config.model)
         return instance.transcribe_sequential.remote_gen
 
-    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncGenerator[SegmentResult, None]:
         source = aiter(jobs)
         buffer: asyncio.Queue[Any] = asyncio.Queue()  # jobs, then _END or the source's error
         room = asyncio.Semaphore(self.max_batch)
@@ -443,7 +443,7 @@ class ModalSequentialMapper:
 
     async def _run(
         self, method: _GenMethod, chunk: list[SegmentJob], carry: PromptCarry
-    ) -> AsyncIterator[SegmentResult]:
+    ) -> AsyncGenerator[SegmentResult, None]:
         """One chunk's results in order, ``carry`` kept up to date; after a failure, another
         call for the segments still unanswered."""
         todo = list(chunk)

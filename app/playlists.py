@@ -29,7 +29,7 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, cast
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -42,7 +42,7 @@ from app.jobs import (
     TooManyJobs,
 )
 from app.settings import Settings
-from app.store import JobRecord, PlaylistRecord, StoredEvent
+from app.store import JobRecord, PlaylistRecord, PlaylistStore, Store, StoredEvent
 from transcriber import formats
 from transcriber.events import Failed, Meta, from_dict, to_dict
 from transcriber.media import MediaError, youtube_id
@@ -81,13 +81,17 @@ class _Run:
             queue.put_nowait(ev)
 
 
+class _PlaylistJobStore(Store, PlaylistStore, Protocol):
+    """The job store with playlists (when :attr:`PlaylistManager.enabled`)."""
+
+
 class PlaylistManager:
     """Makes playlists of jobs and runs them through the :class:`JobManager`."""
 
     def __init__(self, settings: Settings, jobs: JobManager):
         self.settings = settings
         self.jobs = jobs
-        self.store = jobs.store
+        self.store = cast(_PlaylistJobStore, jobs.store)  # used only when enabled
         self._runs: dict[str, _Run] = {}
 
     @property
@@ -146,7 +150,7 @@ class PlaylistManager:
         return record
 
     def _entry_job(self, entry: Entry, request: JobRequest) -> str:
-        fields = {"title": entry.title, "duration": entry.duration}
+        fields: dict[str, Any] = {"title": entry.title, "duration": entry.duration}
         if entry.error is not None:
             record = JobRecord(
                 id=uuid.uuid4().hex,
@@ -259,7 +263,7 @@ class PlaylistManager:
                     after = ev.seq
                     yield ev
         finally:
-            if queue is not None:
+            if run is not None and queue is not None:
                 run.listeners.discard(queue)
 
     async def cancel(self, playlist_id: str) -> PlaylistRecord:
@@ -288,7 +292,10 @@ class PlaylistManager:
                     continue
                 stored = self.store.events(job.id)
                 segments = formats.assemble(ev.data for ev in stored)
-                meta = next((from_dict(dict(ev.data)) for ev in stored if ev.type == Meta.type), None)
+                meta = next(
+                    (m for ev in stored if ev.type == Meta.type and isinstance(m := from_dict(dict(ev.data)), Meta)),
+                    None,
+                )
                 name = file_name(entry["index"], entry["title"], fmt)
                 archive.writestr(name, formats.write(fmt, segments, meta))
         return buffer.getvalue()
@@ -297,7 +304,7 @@ class PlaylistManager:
         """Stop the runners (the jobs stop with the job manager); they go on after a restart."""
         runs = [run for run in self._runs.values() if run.task is not None]
         for run in runs:
-            run.task.cancel()
+            cast(asyncio.Task, run.task).cancel()
         await asyncio.gather(*(run.closed.wait() for run in runs))
 
     # -- the runner -----------------------------------------------------------------------------
@@ -388,6 +395,7 @@ class PlaylistManager:
 
     async def _start(self, run: _Run, job_id: str) -> bool:
         record = await asyncio.to_thread(self.store.get_job, job_id)
+        assert record is not None  # stored with the playlist; jobs are never deleted
         try:
             await self.jobs.start_prepared(record)
         except TooManyJobs:
@@ -465,11 +473,8 @@ class EmptyPlaylist(JobError):
     code = "empty_playlist"
 
 
-STATUSES = tuple(JobStatus)
-
-
 def _counts(statuses) -> dict[str, int]:
-    counts = dict.fromkeys(STATUSES, 0)
+    counts: dict[str, int] = dict.fromkeys(JobStatus, 0)
     for status in statuses:
         counts[status] = counts.get(status, 0) + 1
     return counts

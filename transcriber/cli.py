@@ -396,8 +396,8 @@ async def _run_playlist(
     try:
         for entry in playlist.entries:
             tag = f"[{entry.index + 1}/{count}] {entry.title}"
-            if entry.error is not None:
-                err.write(f"{tag}: failed: {_one_line(entry.error)}\n")
+            if entry.error is not None or entry.url is None:  # an entry without a link has an error
+                err.write(f"{tag}: failed: {_one_line(entry.error or 'no link')}\n")
                 continue
             err.write(f"{tag}: transcribing\n")
             path = folder / file_name(entry.index, entry.title, ext)

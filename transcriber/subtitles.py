@@ -260,7 +260,7 @@ def _acceptable(words: Sequence[TimedWord], options: SubtitleOptions) -> bool:
         return False
     # Filling lines greedily uses the fewest lines, so it answers "does it fit" without the
     # layout search (this runs once per word).
-    lines, line = 1, []
+    lines, line = 1, list[str]()
     for w in words:
         if line and not _fits([*line, w.text], options):
             lines, line = lines + 1, []

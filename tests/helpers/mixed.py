@@ -68,7 +68,8 @@ def hum(seconds: float, rng: np.random.Generator) -> np.ndarray:
     """50 Hz mains hum with its odd harmonics, and a click now and then (a bad cable)."""
     n = int(seconds * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
-    out = sum(a * np.sin(2 * np.pi * 50 * h * t) for h, a in ((1, 0.1), (3, 0.04), (5, 0.02), (7, 0.01)))
+    harmonics = ((1, 0.1), (3, 0.04), (5, 0.02), (7, 0.01))
+    out = sum((a * np.sin(2 * np.pi * 50 * h * t) for h, a in harmonics), np.zeros(n))
     for i in rng.integers(0, n - 40, size=int(seconds * 1.5)):
         out[i : i + 40] += rng.choice((-1, 1)) * 0.4 * np.exp(-np.arange(40) / 6)
     return out.astype(np.float32)

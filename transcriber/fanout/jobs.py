@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -137,7 +137,7 @@ def run_job_retrying(job: SegmentJob, tries: int = 2) -> SegmentResult:
 
 
 class Mapper(Protocol):
-    def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+    def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncGenerator[SegmentResult, None]:
         """Consume jobs as they arrive, yield results as they complete; bounded in-flight work.
 
         Closing the returned async generator (or cancelling its consumer) stops queued work;
@@ -181,7 +181,7 @@ class InlineMapper:
     def __init__(self, *, engine_tries: int = 2) -> None:
         self.engine_tries = engine_tries
 
-    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncGenerator[SegmentResult, None]:
         async for job in jobs:
             yield await asyncio.to_thread(run_job_retrying, job, self.engine_tries)
 

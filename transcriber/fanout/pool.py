@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
@@ -206,7 +206,7 @@ class LocalPoolMapper:
         self.max_in_flight = max_in_flight or 2 * workers
         self.preload = preload
         self.max_attempts, self.engine_tries = max_attempts, engine_tries
-        self._ctx = multiprocessing.get_context(context)
+        self._ctx: Any = multiprocessing.get_context(context)  # typeshed: BaseContext has no Process
         self._queue: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._spawn_lock = threading.Lock()
@@ -312,7 +312,7 @@ class LocalPoolMapper:
         self._queue.put(task)
         return task
 
-    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncGenerator[SegmentResult, None]:
         source = aiter(jobs)
         pending: dict[asyncio.Future, _Task] = {}
         next_job: asyncio.Future | None = None

@@ -6,7 +6,7 @@ it. :class:`PromptCarry` holds the rules (shared with the Modal GPU generator);
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from transcriber.engine import TranscribeOptions
@@ -102,7 +102,7 @@ class SequentialMapper:
         self.max_prompt_chars = max_prompt_chars
         self.close_base = base is None if close_base is None else close_base
 
-    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncGenerator[SegmentResult, None]:
         carry = PromptCarry(self.max_prompt_chars)
         async for job in jobs:
             job = carry.apply(job)

@@ -115,8 +115,10 @@ def _run_ffmpeg(
         proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:
         raise MediaError(f"Cannot run ffmpeg ({args[0]}): {err.strerror}") from err
+    assert proc.stdout is not None and proc.stderr is not None  # both PIPE above
     stderr = FfmpegLog().follow(proc.stderr)
     if download is not None:
+        assert proc.stdin is not None  # PIPE when there is a download
         download.start_feeding(proc.stdin)
     if stop is not None:
         _kill_when_set(stop, proc)
@@ -183,6 +185,7 @@ def _decode_guarded(
     """
     from transcriber import urlguard
 
+    assert source.guard is not None  # decode() comes here only with a guard
     try:
         name, options, download = urlguard.ffmpeg_input(
             source.media,

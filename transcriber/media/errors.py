@@ -185,7 +185,8 @@ def ytdlp_error(err: Exception, url: str) -> MediaError:
     reason = re.sub(r"^\[[^\]]+\]\s*(?:[^\s:]+:\s+)?", "", reason)  # "[youtube] ID: "
     reason = re.sub(r"\s*\(caused by .*$", "", reason, flags=re.DOTALL).strip()
     low = raw.lower()
-    chain = _causes(getattr(err, "exc_info", None) and err.exc_info[1])
+    exc_info = getattr(err, "exc_info", None)  # yt-dlp's DownloadError carries the cause here
+    chain = _causes(exc_info and exc_info[1])
     if any(isinstance(e, GeoRestrictedError) for e in chain):
         low += " geo restrict"
     status = next((e.status for e in chain if isinstance(e, HTTPError)), None)

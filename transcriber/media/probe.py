@@ -187,6 +187,7 @@ def probe_guarded(
     proc = subprocess.Popen(
         args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    assert proc.stdin is not None and proc.stderr is not None  # both PIPE above
     info = FfmpegLog().follow(proc.stderr)
     download.start_feeding(proc.stdin)
     try:

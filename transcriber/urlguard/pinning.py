@@ -95,7 +95,8 @@ class Pinning:
 
     def install(self, session: requests.Session) -> requests.Session:
         for adapter in session.adapters.values():
-            adapter.poolmanager.pool_classes_by_scheme = self.pool_classes
+            # Every adapter requests mounts is an HTTPAdapter (BaseAdapter declares no pool).
+            adapter.poolmanager.pool_classes_by_scheme = self.pool_classes  # type: ignore[attr-defined]
         session.trust_env = False  # no proxies or .netrc from the environment
         # Redirects that requests follows itself (yt-dlp's) pass the link rules before the
         # next hop: a scheme requests cannot fetch (file:, ftp:...) is a refusal, not a crash.
@@ -108,7 +109,8 @@ class Pinning:
                 split_url(urljoin(response.url, target), self.policy)
             return target
 
-        session.get_redirect_target = vetted_target
+        # Patched on this session only: requests has no hook for vetting a redirect's target.
+        session.get_redirect_target = vetted_target  # type: ignore[method-assign,assignment]
         return session
 
 
