@@ -156,7 +156,7 @@ class PlaylistManager:
                 id=uuid.uuid4().hex,
                 key=f"refused:{uuid.uuid4().hex}",
                 request=asdict(replace(request, url=entry.url)),
-                status="error",
+                status=JobStatus.ERROR,
                 error=entry.error,
                 **fields,
             )
@@ -184,7 +184,7 @@ class PlaylistManager:
             record = await asyncio.to_thread(self.store.get_playlist, playlist_id)
         if record is None:
             raise JobNotFound(f"No playlist with id {playlist_id!r}.")
-        if record.status == "running" and playlist_id not in self._runs:
+        if record.status == JobStatus.RUNNING and playlist_id not in self._runs:
             self._run(record)  # its server died: go on where it stopped
         return record
 
@@ -196,7 +196,7 @@ class PlaylistManager:
         jobs = []
         for entry in record.entries:
             job = self.store.get_job(entry["job_id"])
-            status = job.status if job is not None else "error"
+            status = job.status if job is not None else JobStatus.ERROR
             jobs.append(
                 {
                     "id": entry["job_id"],
@@ -234,9 +234,9 @@ class PlaylistManager:
 
     def _progress(self, job_id: str, status: str) -> float | None:
         """The share of the entry's audio transcribed: 1 when done, from its last progress."""
-        if status == "done":
+        if status == JobStatus.DONE:
             return 1.0
-        if status != "running":
+        if status != JobStatus.RUNNING:
             return None
         last = next((ev.data for ev in reversed(self.store.events(job_id)) if ev.type == "progress"), None)
         if not last or not last.get("duration"):
@@ -288,7 +288,7 @@ class PlaylistManager:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for entry in record.entries:
                 job = self.store.get_job(entry["job_id"])
-                if job is None or job.status != "done":
+                if job is None or job.status != JobStatus.DONE:
                     continue
                 stored = self.store.events(job.id)
                 segments = formats.assemble(ev.data for ev in stored)
@@ -323,9 +323,9 @@ class PlaylistManager:
             await self._start_and_follow(run)
             counts = _counts(run.statuses.values())
             status = (
-                "cancelled" if run.cancelled or (counts["cancelled"] and not counts["done"] + counts["error"])
-                else "done" if counts["done"]
-                else "error"
+                JobStatus.CANCELLED if run.cancelled or (counts[JobStatus.CANCELLED] and not counts[JobStatus.DONE] + counts[JobStatus.ERROR])
+                else JobStatus.DONE if counts[JobStatus.DONE]
+                else JobStatus.ERROR
             )  # fmt: skip
             await asyncio.to_thread(self.store.update_playlist, record.id, status=status)
             run.record = replace(record, status=status)
@@ -335,8 +335,8 @@ class PlaylistManager:
         except Exception:
             log.exception("playlist %s failed", record.id)
             # Said on the stream and stored, so nobody waits for a runner that is gone.
-            await asyncio.to_thread(self.store.update_playlist, record.id, status="error")
-            run.record = replace(record, status="error")
+            await asyncio.to_thread(self.store.update_playlist, record.id, status=JobStatus.ERROR)
+            run.record = replace(record, status=JobStatus.ERROR)
             await self._progress_event(run, None)
         finally:
             run.finished = True
@@ -348,7 +348,7 @@ class PlaylistManager:
         """Blocking: the entries' statuses and what of their events the log already holds."""
         for entry in run.record.entries:
             job = self.store.get_job(entry["job_id"])
-            run.statuses[entry["job_id"]] = job.status if job is not None else "error"
+            run.statuses[entry["job_id"]] = job.status if job is not None else JobStatus.ERROR
         for ev in self.store.playlist_events(run.record.id):
             run.seq = ev.seq
             if "job_seq" in ev.data:  # an entry's event (``playlist`` ones have no job_seq)
@@ -401,7 +401,7 @@ class PlaylistManager:
         except TooManyJobs:
             return False
         run.started.add(job_id)
-        run.statuses[job_id] = "running"
+        run.statuses[job_id] = JobStatus.RUNNING
         await self._progress_event(run, job_id)
         if run.cancelled:
             await self.jobs.cancel(job_id)
@@ -419,7 +419,7 @@ class PlaylistManager:
             log.error("playlist %s: following job %s failed", run.record.id, job_id,
                       exc_info=task.exception())  # fmt: skip
         job = await asyncio.to_thread(self.store.get_job, job_id)
-        status = job.status if job is not None else "error"
+        status = job.status if job is not None else JobStatus.ERROR
         if run.statuses.get(job_id) != status:
             run.statuses[job_id] = status
             await self._progress_event(run, job_id)
@@ -429,7 +429,7 @@ class PlaylistManager:
         message = "Cancelled with its playlist."
         for job_id in waiting:
             await asyncio.to_thread(self._cancel_queued, job_id, message)
-            run.statuses[job_id] = "cancelled"
+            run.statuses[job_id] = JobStatus.CANCELLED
             failed = to_dict(Failed(message, code="cancelled"))
             await self._emit(run, "error", {**failed, "job_id": job_id, "job_seq": 1})
             run.copied[job_id] = 1
@@ -439,7 +439,7 @@ class PlaylistManager:
         failed = to_dict(Failed(message, code="cancelled"))
         seq = len(self.store.events(job_id)) + 1
         self.store.append_event(job_id, StoredEvent(seq, "error", failed))
-        self.store.update_job(job_id, status="cancelled", error=message)
+        self.store.update_job(job_id, status=JobStatus.CANCELLED, error=message)
 
     async def _progress_event(self, run: _Run, job_id: str | None) -> None:
         data: dict[str, Any] = {

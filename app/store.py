@@ -88,7 +88,7 @@ class PlaylistRecord:
     entries: list[dict[str, Any]]
     #: ``running`` until every entry ended, then ``done`` (some entry done), ``error`` (none)
     #: or ``cancelled``.
-    status: str = "running"
+    status: str = JobStatus.RUNNING
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     #: Entries the site listed (more than ``len(entries)`` when cut at the limit; None: unknown).

@@ -25,7 +25,7 @@ from tests.helpers.pipeline import FAST, job
 from tests.helpers.server import ServiceThread
 from tests.helpers.sse import EventStream
 from transcriber import SAMPLE_RATE
-from transcriber.engine import EngineConfig, Piece, TranscribeOptions, get_engine
+from transcriber.engine import ENGINES, EngineConfig, Piece, TranscribeOptions, get_engine
 from transcriber.events import Done, SegmentDone
 from transcriber.fanout import InlineMapper
 from transcriber.pipeline import PipelineOptions, transcribe_stream
@@ -38,9 +38,9 @@ from transcriber.vad import (
     speech_regions,
     transcribe_gated,
 )
+from transcriber.vocab import Mode
 
-ENGINES = ("faster-whisper", "openai-whisper")
-MODES = ("parallel", "sequential")
+MODES = tuple(Mode)
 GATE = VadOptions()
 
 

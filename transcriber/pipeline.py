@@ -42,7 +42,6 @@ from transcriber.engine import EngineConfig, TranscribeOptions
 from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, SegmentFailed
 from transcriber.fanout import (
     ABANDON,
-    MODES,
     Mapper,
     SegmentJob,
     SegmentResult,
@@ -52,6 +51,7 @@ from transcriber.fanout import (
 from transcriber.media import MediaError, Source
 from transcriber.segment import Segment, SegmentOptions, segment_stream
 from transcriber.vad import VadOptions, gate_segment, quiet_hint
+from transcriber.vocab import Mode
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class PipelineOptions:
     #: ``parallel`` (fan out) | ``sequential`` (one worker, previous text as prompt). The
     #: mapper given to :func:`transcribe_stream` is always a parallel one; sequential mode is
     #: derived from it with :func:`~transcriber.fanout.mapper_for_mode`.
-    mode: str = "parallel"
+    mode: str = Mode.PARALLEL
     #: Reject media longer than this (seconds), from metadata and while decoding; None = no limit.
     max_duration: float | None = None
     #: Keyword arguments for :func:`transcriber.media.resolve` (yt-dlp options: cookies,
@@ -333,8 +333,8 @@ async def transcribe_stream(
     if abandon not in ABANDON:
         raise ValueError(f"unknown abandon policy {abandon!r}; choose one of {', '.join(ABANDON)}")
     started = time.monotonic()
-    if options.mode not in MODES:
-        yield Failed(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}", "bad_option")
+    if options.mode not in tuple(Mode):
+        yield Failed(f"unknown mode {options.mode!r}; choose one of {', '.join(Mode)}", "bad_option")
         return
     try:
         src = await _resolve(source, options)
@@ -444,12 +444,12 @@ async def _jobs(
         # Nothing for an engine to do in a silent segment: no need to ship the audio. In
         # sequential mode it still goes through the mapper, which keeps the promised index
         # order (run_job skips it at once, and the prompt carries over it).
-        if segment.silent and options.mode != "sequential":
+        if segment.silent and options.mode != Mode.SEQUENTIAL:
             empty = SegmentResult(segment.index, float(segment.start), float(segment.end), silent=True)
             outbox.put_nowait(Transcribed(empty))
             continue
         transcribe = options.transcribe
-        if options.mode == "sequential" and seed and not transcribe.initial_prompt:
+        if options.mode == Mode.SEQUENTIAL and seed and not transcribe.initial_prompt:
             transcribe = dataclasses.replace(transcribe, initial_prompt=seed)
         seed = None
         if tally.first_dispatch is None:

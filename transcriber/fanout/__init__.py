@@ -20,7 +20,6 @@ The fault-injection test hook (``STREAMSCRIBE_FAULTS``) lives in :mod:`transcrib
 
 from transcriber.fanout.jobs import (
     ABANDON,
-    MODES,
     InlineMapper,
     Mapper,
     SegmentJob,
@@ -41,7 +40,6 @@ from transcriber.fanout.sequential import (
 __all__ = [
     "ABANDON",
     "MAX_PROMPT_CHARS",
-    "MODES",
     "InlineMapper",
     "LocalPoolMapper",
     "Mapper",

@@ -3,7 +3,7 @@
 process, a pool worker, a Modal GPU container).
 
 :class:`InlineMapper` runs jobs in this process (tests, tiny inputs); :func:`mapper_for_mode`
-picks the mapper for a ``mode`` (:data:`MODES`).
+picks the mapper for a ``mode`` (:class:`~transcriber.vocab.Mode`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import numpy as np
 
 from transcriber import faults
 from transcriber.engine import EngineConfig, Piece, TranscribeOptions
+from transcriber.vocab import Mode
 
 log = logging.getLogger(__name__)
-
-MODES = ("parallel", "sequential")
 
 #: What a mapper does with a job that is already running when its map is closed (its consumer
 #: left): ``finish`` lets the engine finish the segment and drops the result (the worker stays
@@ -160,14 +159,14 @@ def mapper_for_mode(mapper: Mapper, mode: str) -> Mapper:
     wrapped in :class:`SequentialMapper`, which borrows its workers one segment at a time. So a
     server holds one parallel mapper and serves both modes from it.
     """
-    if mode == "parallel":
+    if mode == Mode.PARALLEL:
         return mapper
-    if mode == "sequential":
+    if mode == Mode.SEQUENTIAL:
         from transcriber.fanout.sequential import SequentialMapper  # it wraps the mappers here
 
         own = getattr(mapper, "sequential", None)
         return own() if callable(own) else SequentialMapper(mapper)
-    raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(Mode)}")
 
 
 class InlineMapper:
