@@ -3,6 +3,8 @@
 Nothing in this package imports FastAPI, Modal or anything under ``app/``.
 """
 
+import signal
+
 SAMPLE_RATE = 16_000
 """Whisper's input rate; every PCM array in the pipeline is 16 kHz mono float32."""
 
@@ -15,4 +17,15 @@ def clock(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-__all__ = ["SAMPLE_RATE", "clock"]
+def exit_cause(returncode: int | None) -> str:
+    """Why a child process ended, for people: ``killed by SIGKILL`` for a signal (a negative
+    ``returncode``, as subprocess and multiprocessing report it), else ``exit code N``."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+__all__ = ["SAMPLE_RATE", "clock", "exit_cause"]

@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
 from typing import Any
 
+from transcriber import exit_cause
 from transcriber.engine import EngineConfig
 from transcriber.fanout.jobs import SegmentJob, SegmentResult, run_job_retrying
 
@@ -431,7 +432,7 @@ class LocalPoolMapper:
             # Exiting by itself before its job loop (an import error, a bad install) is a
             # start-up failure; a signal is a death like any other.
             broken = not worker.ready and exitcode is not None and exitcode > 0
-            cause = _exit_cause(exitcode)
+            cause = exit_cause(exitcode)
             worker.stop()
             worker = None
             if deaths >= self.max_attempts:
@@ -472,12 +473,3 @@ class LocalPoolMapper:
             if self._closing.is_set() or kill:
                 worker.process.kill()
                 return _STOPPED
-
-
-def _exit_cause(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exit code {exitcode}"

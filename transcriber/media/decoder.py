@@ -9,7 +9,6 @@ nothing on the network); an MP4 whose index comes last is spooled to a temporary
 from __future__ import annotations
 
 import functools
-import signal
 import subprocess
 import tempfile
 import threading
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from transcriber import SAMPLE_RATE, clock
+from transcriber import SAMPLE_RATE, clock, exit_cause
 from transcriber.media.errors import (
     MediaError,
     TooLong,
@@ -148,7 +147,7 @@ def _run_ffmpeg(
             raise download_error(download.error, media, total / SAMPLE_RATE)
         if code < 0:  # a signal, not the input: someone killed ffmpeg, or the OOM killer did
             raise MediaError(
-                f"The audio decoder (ffmpeg) was stopped unexpectedly ({_signal_name(-code)}) "
+                f"The audio decoder (ffmpeg) was stopped unexpectedly ({exit_cause(code)}) "
                 f"after {total / SAMPLE_RATE:.1f} s of audio; try again.",
                 code="decoder_died",
                 detail=stderr.text(),
@@ -259,13 +258,6 @@ def _kill_when_set(stop: threading.Event, proc: subprocess.Popen) -> None:
                 return
 
     threading.Thread(target=watch, name="ffmpeg-stop", daemon=True).start()
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return f"killed by {signal.Signals(number).name}"
-    except ValueError:
-        return f"killed by signal {number}"
 
 
 def _check_complete(stderr: FfmpegLog, total: int, media: str) -> None:
