@@ -303,6 +303,7 @@ def test_deploying_needs_only_modal_and_what_the_module_imports_at_deploy_time()
 # -- the GPU method, run by .local() ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_transcribe_local_loads_the_model_in_enter_and_returns_absolute_timestamps():
     cache = engine_cache()
     cache.clear()

