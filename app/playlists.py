@@ -47,7 +47,7 @@ from transcriber import formats
 from transcriber.events import Failed, Meta, from_dict, to_dict
 from transcriber.media import MediaError, youtube_id
 from transcriber.playlist import Entry, Playlist, file_name, list_playlist
-from transcriber.vocab import ACTIVE, FINISHED, JobStatus
+from transcriber.vocab import ACTIVE, FINISHED, JobStatus, OutputFormat
 
 log = logging.getLogger("streamscribe.playlists")
 
@@ -483,7 +483,7 @@ def _counts(statuses) -> dict[str, int]:
 # -- routes -------------------------------------------------------------------------------------
 
 
-ZipFormat = Annotated[Literal["srt", "vtt", "txt", "json"], Query(description="Document format.")]
+ZipFormat = Annotated[OutputFormat, Query(description="Document format.")]
 
 
 def register(
@@ -519,7 +519,7 @@ def register(
 
     @app.get("/playlists/{playlist_id}/transcripts.zip", dependencies=auth, tags=["playlists"],
              responses={200: {"content": {"application/zip": {}}}})  # fmt: skip
-    async def playlist_zip(playlist_id: str, format: ZipFormat = "srt") -> Response:
+    async def playlist_zip(playlist_id: str, format: ZipFormat = OutputFormat.SRT) -> Response:
         """One transcript per finished entry, named from its title."""
         record = await playlists.get(playlist_id)
         body = await playlists.transcripts_zip(record, format)
