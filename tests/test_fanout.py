@@ -24,17 +24,15 @@ from tests.helpers.pipeline import (
 )
 from transcriber.engine import EngineConfig
 from transcriber.fanout import (
-    FAULTS_ENV,
     InlineMapper,
     LocalPoolMapper,
     SequentialMapper,
-    _fault_rules,
     default_split,
     mapper_for_mode,
-    parse_faults,
     run_job,
     run_job_retrying,
 )
+from transcriber.faults import FAULTS_ENV, _fault_rules, parse_faults
 
 pool = pytest.fixture(tiny_pool, scope="module", name="pool")
 

@@ -1,6 +1,6 @@
 """Faults injected for real into the real service (``python -m app.local`` on loopback, the local
 worker pool with the real tiny.en weights, real ffmpeg and yt-dlp reading a loopback media
-server): an engine exception (the ``STREAMSCRIBE_FAULTS`` hook of ``transcriber.fanout``), a
+server): an engine exception (the ``STREAMSCRIBE_FAULTS`` hook in ``transcriber.faults``), a
 worker killed with SIGKILL mid-segment, ffmpeg killed mid-stream, a transfer cut off, yt-dlp's
 failures, a client hanging up (one-shot stream and a job with a grace period) and a server
 killed mid-job and started again. Each test says what it measured; nothing is mocked.
@@ -27,7 +27,7 @@ from tests.helpers.media_server import MediaServer
 from tests.helpers.models import wer
 from tests.helpers.server import ServiceProcess
 from tests.helpers.sse import EventStream
-from transcriber import media as media_module
+from transcriber.media import errors as media_errors
 
 SERVER_ENV = {
     "STREAMSCRIBE_JOB_GRACE_S": "2",
@@ -241,13 +241,13 @@ def test_yt_dlp_failures_map_to_distinct_messages():
     messages = {}
     for code, error in YOUTUBE_FAILURES.items():
         wrapped = DownloadError(f"ERROR: [youtube] {VID}: {error}", (type(error), error, None))
-        err = media_module._ytdlp_error(wrapped, f"https://www.youtube.com/watch?v={VID}")
+        err = media_errors.ytdlp_error(wrapped, f"https://www.youtube.com/watch?v={VID}")
         assert err.code == code, (code, err.code, str(err))
         assert_plain(str(err), f"yt-dlp {code}")
         messages[code] = str(err)
     assert len(set(messages.values())) == len(messages), "one message per failure"
     # The bot check names the setting that fixes it; yt-dlp's CLI flags mean nothing here.
-    assert media_module.COOKIES_ENV in messages["bot_check"]
+    assert media_errors.COOKIES_ENV in messages["bot_check"]
     assert all("--cookies" not in m for m in messages.values())
 
 

@@ -45,7 +45,9 @@ from transcriber.media import (
     UndecodableMedia,
     UnsupportedSource,
     decode,
+    errors,
     resolve,
+    sources,
     youtube_id,
 )
 from transcriber.segment import SegmentOptions, segment_stream
@@ -238,15 +240,15 @@ def test_big_file_id_hashes_size_and_ends(tmp_path):
     big = tmp_path / "big.bin"
     with big.open("wb") as handle:
         handle.truncate(65 << 20)
-    first = media._file_digest(big, big.stat().st_size)
+    first = sources._file_digest(big, big.stat().st_size)
     with big.open("r+b") as handle:
         handle.seek(30 << 20)  # the middle is not hashed: fast for big uploads
         handle.write(b"x")
-    assert media._file_digest(big, big.stat().st_size) == first
+    assert sources._file_digest(big, big.stat().st_size) == first
     with big.open("r+b") as handle:
         handle.seek((65 << 20) - 10)
         handle.write(b"x")
-    assert media._file_digest(big, big.stat().st_size) != first
+    assert sources._file_digest(big, big.stat().st_size) != first
 
 
 def test_refusals_without_yt_dlp(tmp_path):
@@ -433,7 +435,7 @@ YOUTUBE_FAILURES = [
 
 @pytest.mark.parametrize(("reason", "cls", "code", "says"), YOUTUBE_FAILURES)
 def test_youtube_reasons_become_typed_errors(reason, cls, code, says):
-    err = media._ytdlp_error(
+    err = errors.ytdlp_error(
         ytdlp_failure(ExtractorError(reason, expected=True, video_id=VID, ie="youtube")),
         f"https://youtu.be/{VID}",
     )
@@ -444,9 +446,9 @@ def test_youtube_reasons_become_typed_errors(reason, cls, code, says):
 
 def test_geo_block_and_unsupported_become_typed_errors():
     geo = GeoRestrictedError("The uploader has not made this video available in your country", countries=["NZ"])
-    err = media._ytdlp_error(ytdlp_failure(geo), f"https://youtu.be/{VID}")
+    err = errors.ytdlp_error(ytdlp_failure(geo), f"https://youtu.be/{VID}")
     assert type(err) is SourceUnavailable and err.code == "geo_blocked"
-    err = media._ytdlp_error(ytdlp_failure(UnsupportedError("https://example.com/")), "https://example.com/")
+    err = errors.ytdlp_error(ytdlp_failure(UnsupportedError("https://example.com/")), "https://example.com/")
     assert type(err) is UnsupportedSource
 
 

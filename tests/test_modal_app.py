@@ -142,7 +142,7 @@ def test_images_install_ffmpeg_the_cuda_engines_and_the_project():
     assert "torch" not in web_img  # the web container never loads torch
     for image in (modal_app.gpu_image(), modal_app.web_image()):
         remote = _mounted(image)
-        assert "/root/transcriber/fanout.py" in remote and "/root/app/modal_app.py" in remote
+        assert "/root/transcriber/fanout/jobs.py" in remote and "/root/app/modal_app.py" in remote
         assert "/root/app/api.py" in remote
         # app.api serves the page from ../web relative to itself.
         web_files = {r for r in remote if r.startswith("/root/web/")}

@@ -20,7 +20,7 @@ import json
 import sys
 from typing import TextIO
 
-from transcriber import formats
+from transcriber import clock, formats
 from transcriber.engine import ENGINES, EngineConfig, EngineError, TranscribeOptions, resolve_model
 from transcriber.events import (
     Done,
@@ -99,7 +99,7 @@ class _Bar:
         total = progress.duration
         share = min(1.0, progress.audio_done / total) if total else 0.0
         filled = int(share * 24)
-        eta = "" if progress.eta is None else f"  ETA {_clock(progress.eta)}"
+        eta = "" if progress.eta is None else f"  ETA {clock(progress.eta)}"
         of = f"/{total:.0f}" if total else ""
         self.stream.write(
             f"\r\x1b[K[{'#' * filled}{'.' * (24 - filled)}] {share:4.0%} "
@@ -114,11 +114,6 @@ class _Bar:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self.shown = False
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}:{secs:02d}"
 
 
 class _Printer:

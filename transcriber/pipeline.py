@@ -11,6 +11,11 @@
 - results come back in completion order; each becomes a ``segment`` (or ``segment_error``)
   event followed by a ``progress`` event that carries the in-order committed prefix and an ETA.
 
+The decode thread, the job feeder and the mapper's pump report to the main loop of
+:func:`transcribe_stream` with small typed messages (:class:`Cut`, :class:`Transcribed`,
+:class:`Reused`, :class:`DecodeEnded`, :class:`DecodeFailed`, :class:`MapperFailed`,
+:class:`MapperDone`), which it matches on.
+
 Closing the generator (a client that went away) or cancelling its task stops everything within
 about a second: the decode thread is told to stop and ffmpeg is killed at once (so even a read
 blocked on a stalled network returns), the map is closed (its queued jobs are dropped) and
@@ -32,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from transcriber import SAMPLE_RATE, media
+from transcriber import SAMPLE_RATE, clock, media
 from transcriber.engine import EngineConfig, TranscribeOptions
 from transcriber.events import Done, Event, Failed, Meta, Progress, SegmentDone, SegmentFailed
 from transcriber.fanout import (
@@ -77,6 +82,63 @@ class PipelineOptions:
     chunk_seconds: float = 0.5
 
 
+# -- the messages between the steps -----------------------------------------------------------
+#
+# The decode thread hands the loop what it cut; the job feeder and the mapper's pump tell the
+# main loop what happened. Each message is one small frozen dataclass, matched on its type.
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The decode thread cut a segment."""
+
+    segment: Segment
+
+
+@dataclass(frozen=True)
+class DecodeEnded:
+    """ffmpeg's output is exhausted: every segment has been cut."""
+
+
+@dataclass(frozen=True)
+class DecodeFailed:
+    """Decoding stopped on an error; the segments already cut still finish."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class Transcribed:
+    """A result from the mapper, or a silent segment that needed no engine."""
+
+    result: SegmentResult
+
+
+@dataclass(frozen=True)
+class Reused:
+    """A segment a previous run stored (``completed=``), sent again instead of transcribed."""
+
+    event: SegmentDone
+
+
+@dataclass(frozen=True)
+class MapperFailed:
+    """The mapper itself broke (not one segment): the stream ends."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
+class MapperDone:
+    """The mapper returned its last result: nothing more will come."""
+
+
+#: What the decode thread sends.
+FeedItem = Cut | DecodeEnded | DecodeFailed
+#: What the main loop of :func:`transcribe_stream` reads.
+Message = Transcribed | Reused | DecodeEnded | DecodeFailed | MapperFailed | MapperDone
+
+
 # -- the decode thread -----------------------------------------------------------------------
 
 
@@ -90,7 +152,7 @@ class _DecodeFeed:
     def __init__(self, source: Source, options: PipelineOptions) -> None:
         self.source, self.options = source, options
         self.loop = asyncio.get_running_loop()
-        self.items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.items: asyncio.Queue[FeedItem] = asyncio.Queue()
         self.slots = threading.Semaphore(max(1, options.buffer_segments))
         self.stop = threading.Event()
         #: Set the moment ffmpeg's output is exhausted (or decoding failed).
@@ -103,7 +165,7 @@ class _DecodeFeed:
     def start(self) -> None:
         self.thread.start()
 
-    async def get(self) -> tuple[str, Any]:
+    async def get(self) -> FeedItem:
         item = await self.items.get()
         self.slots.release()
         return item
@@ -113,11 +175,11 @@ class _DecodeFeed:
         self.stop.set()
         await asyncio.to_thread(self.thread.join, timeout)
 
-    def _put(self, kind: str, payload: Any = None) -> bool:
+    def _put(self, item: FeedItem) -> bool:
         while not self.stop.is_set():
             if self.slots.acquire(timeout=0.1):
                 try:
-                    self.loop.call_soon_threadsafe(self.items.put_nowait, (kind, payload))
+                    self.loop.call_soon_threadsafe(self.items.put_nowait, item)
                 except RuntimeError:  # the loop is gone: nobody is listening any more
                     return False
                 return True
@@ -141,13 +203,13 @@ class _DecodeFeed:
             )
             for segment in segment_stream(self._counted(chunks), self.options.segment):
                 self.cut += 1
-                if self.stop.is_set() or not self._put("segment", segment):
+                if self.stop.is_set() or not self._put(Cut(segment)):
                     return
             self.finished.set()  # before the item: a reader of the item sees final counters
-            self._put("end")
+            self._put(DecodeEnded())
         except BaseException as exc:  # handed to the loop, which turns it into an event
             self.finished.set()  # before the item: a reader of the item sees final counters
-            self._put("error", exc)
+            self._put(DecodeFailed(exc))
         finally:
             self.finished.set()  # also when stopped early: nothing more will be decoded
             close = getattr(chunks, "close", None)
@@ -175,6 +237,14 @@ class _Tally:
     reused: int = 0
 
     def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
+        """Count a segment sent; ``fresh`` when this run transcribed it (not reused)."""
+        now = time.monotonic()
+        if isinstance(event, SegmentDone):
+            self.first_any_segment = self.first_any_segment or now
+            if event.text and self.first_segment is None:
+                self.first_segment = now
+        else:
+            self.failed.append(event.index)
         self.finished.add(event.index)
         self.audio_done += event.end - event.start
         if fresh:
@@ -230,25 +300,6 @@ def _same_cut(done: SegmentDone, segment: Segment) -> bool:
 # -- the entry point ----------------------------------------------------------------------------
 
 
-async def _resolve(source: str | Source, options: PipelineOptions) -> Source:
-    if isinstance(source, Source):
-        resolved = source
-    else:
-        resolved = await asyncio.to_thread(media.resolve, source, **options.resolve_options)
-    limit = options.max_duration
-    if limit is not None and (resolved.duration or 0) > limit:
-        raise media.TooLong(
-            f"The media is {_clock(resolved.duration)} long, over the {_clock(limit)} limit."
-        )
-    return resolved
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 async def transcribe_stream(
     source: str | Source,
     options: PipelineOptions,
@@ -285,8 +336,63 @@ async def transcribe_stream(
         log.exception("resolving %r failed", source)
         yield Failed(f"could not open this source ({type(err).__name__}: {err})", "error")
         return
+    yield _meta(src, options)
 
-    yield Meta(
+    # Decode in a thread; feed its segments to the mapper as jobs while decoding goes on; the
+    # loop below turns what comes back (in completion order) into events.
+    tally = _Tally(started=started, duration=src.duration)
+    outbox: asyncio.Queue[Message] = asyncio.Queue()
+    feed = _DecodeFeed(src, options)
+    jobs = _jobs(feed, outbox, completed or {}, options, tally, abandon)
+    feed.start()
+    pump_task = asyncio.create_task(_pump(mapper, options.mode, jobs, outbox))
+    fatal: BaseException | None = None
+    try:
+        while True:
+            match await outbox.get():
+                case Transcribed(result):
+                    event, fresh = _segment_event(result), True
+                case Reused(stored):
+                    event, fresh = stored, False
+                case DecodeEnded():
+                    yield tally.progress(feed)
+                    continue
+                case DecodeFailed(error):
+                    fatal = error  # segments already cut still finish; then the stream fails
+                    continue
+                case MapperFailed(error):
+                    fatal = error
+                    break
+                case MapperDone():
+                    break
+            tally.finish(event, fresh)
+            yield event
+            yield tally.progress(feed)
+        if fatal is not None:
+            yield _failure(fatal)
+            return
+        yield _done(tally, feed)
+    finally:
+        pump_task.cancel()
+        await asyncio.gather(pump_task, return_exceptions=True)
+        await feed.close()
+
+
+async def _resolve(source: str | Source, options: PipelineOptions) -> Source:
+    if isinstance(source, Source):
+        resolved = source
+    else:
+        resolved = await asyncio.to_thread(media.resolve, source, **options.resolve_options)
+    limit = options.max_duration
+    if limit is not None and (resolved.duration or 0) > limit:
+        raise media.TooLong(
+            f"The media is {clock(resolved.duration)} long, over the {clock(limit)} limit."
+        )
+    return resolved
+
+
+def _meta(src: Source, options: PipelineOptions) -> Meta:
+    return Meta(
         source_id=src.id,
         title=src.title,
         duration=src.duration,
@@ -300,111 +406,84 @@ async def transcribe_stream(
         mode=options.mode,
     )
 
-    completed = completed or {}
-    tally = _Tally(started=started, duration=src.duration)
-    outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    feed = _DecodeFeed(src, options)
 
-    async def jobs() -> AsyncIterator[SegmentJob]:
-        seed: str | None = None  # sequential mode: the text before the first missing segment
-        while True:
-            kind, item = await feed.get()
-            if kind == "end":
-                outbox.put_nowait(("decoded", None))
-                return
-            if kind == "error":
-                outbox.put_nowait(("fatal", item))
-                return
-            segment: Segment = item
-            stored = completed.get(segment.index)
-            if stored is not None and _same_cut(stored, segment):
-                seed = bounded_prompt(f"{seed or ''} {stored.text}")
-                outbox.put_nowait(("stored", stored))
-                continue
-            # Nothing for an engine to do in a silent segment: no need to ship the audio. In
-            # sequential mode it still goes through the mapper, which keeps the promised index
-            # order (run_job skips it at once, and the prompt carries over it).
-            if segment.silent and options.mode != "sequential":
-                empty = SegmentResult(
-                    segment.index, float(segment.start), float(segment.end), silent=True
-                )
-                outbox.put_nowait(("result", empty))
-                continue
-            transcribe = options.transcribe
-            if options.mode == "sequential" and seed and not transcribe.initial_prompt:
-                transcribe = dataclasses.replace(transcribe, initial_prompt=seed)
-            seed = None
-            if tally.first_dispatch is None:
-                tally.first_dispatch = time.monotonic()
-            yield SegmentJob(
-                index=segment.index,
-                start=float(segment.start),  # plain floats: events go to JSON as they are
-                end=float(segment.end),
-                audio=segment.samples,
-                engine=options.engine,
-                options=transcribe,
-                silent=segment.silent,
-                abandon=abandon,
-            )
-
-    async def pump() -> None:
-        results = mapper_for_mode(mapper, options.mode).map(jobs())
-        try:
-            async for result in results:
-                outbox.put_nowait(("result", result))
-        except Exception as err:  # the mapper itself broke (not one segment)
-            log.exception("the mapper failed")
-            outbox.put_nowait(("crash", err))
-        finally:
-            await results.aclose()
-        outbox.put_nowait(("mapped", None))
-
-    feed.start()
-    pump_task = asyncio.create_task(pump())
-    fatal: BaseException | None = None
-    try:
-        while True:
-            kind, item = await outbox.get()
-            if kind in ("result", "stored"):
-                event = item if kind == "stored" else _segment_event(item)
-                now = time.monotonic()
-                if isinstance(event, SegmentDone):
-                    tally.first_any_segment = tally.first_any_segment or now
-                    if event.text and tally.first_segment is None:
-                        tally.first_segment = now
-                else:
-                    tally.failed.append(event.index)
-                tally.finish(event, fresh=kind == "result")
-                yield event
-                yield tally.progress(feed)
-            elif kind == "decoded":
-                yield tally.progress(feed)
-            elif kind == "fatal":
-                fatal = item  # segments already cut still finish; then the stream fails
-            elif kind == "crash":
-                fatal = item
-                break
-            elif kind == "mapped":
-                break
-        if fatal is not None:
-            yield _failure(fatal)
+async def _jobs(
+    feed: _DecodeFeed,
+    outbox: asyncio.Queue[Message],
+    completed: Mapping[int, SegmentDone],
+    options: PipelineOptions,
+    tally: _Tally,
+    abandon: str,
+) -> AsyncIterator[SegmentJob]:
+    """The segments ``feed`` cuts, as jobs for the mapper. Those that need no engine (reused
+    from ``completed``; silent, in parallel mode) and the end of decoding go straight to
+    ``outbox``."""
+    seed: str | None = None  # sequential mode: the text before the first missing segment
+    while True:
+        item = await feed.get()
+        if not isinstance(item, Cut):  # DecodeEnded or DecodeFailed: the main loop decides
+            outbox.put_nowait(item)
             return
-        wall = time.monotonic() - started
-        audio = feed.samples / SAMPLE_RATE
-        first = tally.first_segment or tally.first_any_segment
-        yield Done(
-            wall_s=round(wall, 3),
-            first_segment_s=None if first is None else round(first - started, 3),
-            audio_s=round(audio, 3),
-            rtf=round(wall / audio, 4) if audio > 0 else None,
-            segments=feed.cut,
-            failed_segments=sorted(tally.failed),
-            reused_segments=tally.reused,
+        segment = item.segment
+        stored = completed.get(segment.index)
+        if stored is not None and _same_cut(stored, segment):
+            seed = bounded_prompt(f"{seed or ''} {stored.text}")
+            outbox.put_nowait(Reused(stored))
+            continue
+        # Nothing for an engine to do in a silent segment: no need to ship the audio. In
+        # sequential mode it still goes through the mapper, which keeps the promised index
+        # order (run_job skips it at once, and the prompt carries over it).
+        if segment.silent and options.mode != "sequential":
+            empty = SegmentResult(segment.index, float(segment.start), float(segment.end), silent=True)
+            outbox.put_nowait(Transcribed(empty))
+            continue
+        transcribe = options.transcribe
+        if options.mode == "sequential" and seed and not transcribe.initial_prompt:
+            transcribe = dataclasses.replace(transcribe, initial_prompt=seed)
+        seed = None
+        if tally.first_dispatch is None:
+            tally.first_dispatch = time.monotonic()
+        yield SegmentJob(
+            index=segment.index,
+            start=float(segment.start),  # plain floats: events go to JSON as they are
+            end=float(segment.end),
+            audio=segment.samples,
+            engine=options.engine,
+            options=transcribe,
+            silent=segment.silent,
+            abandon=abandon,
         )
+
+
+async def _pump(
+    mapper: Mapper, mode: str, jobs: AsyncIterator[SegmentJob], outbox: asyncio.Queue[Message]
+) -> None:
+    """Run ``jobs`` through the mapper for ``mode``, each result into ``outbox``."""
+    results = mapper_for_mode(mapper, mode).map(jobs)
+    try:
+        async for result in results:
+            outbox.put_nowait(Transcribed(result))
+    except Exception as err:  # the mapper itself broke (not one segment)
+        log.exception("the mapper failed")
+        outbox.put_nowait(MapperFailed(err))
     finally:
-        pump_task.cancel()
-        await asyncio.gather(pump_task, return_exceptions=True)
-        await feed.close()
+        await results.aclose()
+    outbox.put_nowait(MapperDone())
+
+
+def _done(tally: _Tally, feed: _DecodeFeed) -> Done:
+    wall = time.monotonic() - tally.started
+    audio = feed.samples / SAMPLE_RATE
+    first = tally.first_segment or tally.first_any_segment
+    return Done(
+        wall_s=round(wall, 3),
+        first_segment_s=None if first is None else round(first - tally.started, 3),
+        audio_s=round(audio, 3),
+        rtf=round(wall / audio, 4) if audio > 0 else None,
+        segments=feed.cut,
+        failed_segments=sorted(tally.failed),
+        reused_segments=tally.reused,
+    )
 
 
 def _failure(err: BaseException) -> Failed:

@@ -1,12 +1,5 @@
-"""Fan segment jobs out to Whisper workers; results come back as they complete (out of order).
-
-Three local mappers implement :class:`Mapper`; the Modal mappers live in ``app/`` and implement
-the same protocol around the same :func:`run_job`:
-
-- :class:`InlineMapper`: this process, one segment at a time in a thread (tests, tiny inputs).
-- :class:`LocalPoolMapper`: a pool of worker processes, shareable by concurrent jobs.
-- :class:`SequentialMapper`: one segment at a time in index order over any other mapper, each
-  with the previous text as ``initial_prompt`` (``mode="sequential"``).
+"""The local process pool: :class:`LocalPoolMapper`, worker processes on this machine, each
+with the engine loaded once, shareable by concurrent jobs.
 
 Why a hand-rolled pool rather than ``concurrent.futures.ProcessPoolExecutor``: the executor
 marks itself broken and fails *every* pending future when one worker dies (a segment that
@@ -14,15 +7,6 @@ crashes CTranslate2, an OOM kill), cannot tell which job the dead worker held, a
 a running job. Here each worker process has its own pipe and one job at a time, driven by one
 thread in this process: a dead worker is replaced and exactly its job is retried, a cancelled
 map's queued jobs are dropped, and closing the pool kills exactly its own processes.
-
-Fault injection (a test hook, off unless set): ``STREAMSCRIBE_FAULTS`` makes :func:`run_job` fail
-on purpose wherever it runs (a pool worker inherits the variable from the server), so fault
-tests drive the real service. Rules are ``;``-separated ``ACTION:key=value,...``; today the one
-action is ``raise``, which raises :class:`InjectedFault` where the engine is called, exactly as
-an engine error would. Keys: ``index=N`` (only segment N; default every segment) and
-``times=K`` (only the first K matching calls in each process; default every call). Example:
-``STREAMSCRIBE_FAULTS="raise:index=1;raise:index=3,times=1"`` fails segment 1 for good and
-segment 3 once (its retry succeeds). The variable is read once per process, on first use.
 """
 
 from __future__ import annotations
@@ -31,7 +15,6 @@ import asyncio
 import concurrent.futures
 import ctypes
 import dataclasses
-import functools
 import logging
 import multiprocessing
 import os
@@ -41,229 +24,15 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from transcriber.engine import EngineConfig, Piece, TranscribeOptions
+from transcriber.engine import EngineConfig
+from transcriber.fanout.jobs import SegmentJob, SegmentResult, run_job_retrying
 
 log = logging.getLogger(__name__)
-
-MODES = ("parallel", "sequential")
-
-#: What a mapper does with a job that is already running when its map is closed (its consumer
-#: left): ``finish`` lets the engine finish the segment and drops the result (the worker stays
-#: warm for the next job); ``kill`` stops it at once where the mapper can (a pool kills the
-#: worker process and starts a fresh one, which reloads the model).
-ABANDON = ("finish", "kill")
-
-
-@dataclass
-class SegmentJob:
-    """Everything a worker needs for one segment, and nothing of the rest of the file."""
-
-    index: int
-    #: Absolute offset of ``audio`` in the source, seconds.
-    start: float
-    end: float
-    audio: np.ndarray  # 16 kHz mono float32
-    engine: EngineConfig
-    options: TranscribeOptions
-    silent: bool = False
-    #: One of :data:`ABANDON`: what happens to this job if its map is closed while it runs.
-    #: A property of the job rather than a ``map`` argument so that it passes unchanged through
-    #: any mapper that wraps another (:class:`SequentialMapper`, a test's recording mapper).
-    abandon: str = "finish"
-
-
-@dataclass
-class SegmentResult:
-    index: int
-    start: float
-    end: float
-    #: Pieces with absolute timestamps (offset by ``start``).
-    pieces: list[Piece] = field(default_factory=list)
-    #: Set when the segment failed; the job goes on.
-    error: str | None = None
-    silent: bool = False
-    #: Seconds the worker spent on it.
-    elapsed: float = 0.0
-    #: Tries it took (engine retries and worker replacements included).
-    attempts: int = 1
-
-    @property
-    def text(self) -> str:
-        return " ".join(p.text.strip() for p in self.pieces if p.text.strip())
-
-
-def _absolute(piece: Piece, start: float, end: float) -> Piece:
-    """``piece`` moved by ``start`` and clamped into ``[start, end]``.
-
-    Engines see a padded 30 s window, so a last timestamp can overshoot the real audio; the
-    clamp keeps neighbouring segments from overlapping.
-    """
-
-    def clamp(t: float, low: float = start) -> float:
-        return min(max(start + t, low), end)
-
-    words = None
-    if piece.words is not None:
-        words = [dataclasses.replace(w, start=clamp(w.start), end=clamp(w.end)) for w in piece.words]
-    p_start = clamp(piece.start)
-    return dataclasses.replace(
-        piece, start=p_start, end=clamp(piece.end, p_start), words=words
-    )
-
-
-# -- fault injection (a test hook; see the module docstring) -------------------------------------
-
-FAULTS_ENV = "STREAMSCRIBE_FAULTS"
-
-
-class InjectedFault(RuntimeError):
-    """Raised where the engine runs when a ``STREAMSCRIBE_FAULTS`` rule matches the segment."""
-
-
-@dataclass
-class _FaultRule:
-    action: str
-    index: int | None = None
-    #: Matching calls left in this process (None: unlimited).
-    times: int | None = None
-
-
-def parse_faults(spec: str) -> list[_FaultRule]:
-    """``raise:index=1;raise:index=3,times=1`` -> rules; ``ValueError`` names a bad one."""
-    rules = []
-    for text in filter(None, (part.strip() for part in spec.split(";"))):
-        action, _, params = text.partition(":")
-        if action.strip() != "raise":
-            raise ValueError(f"{FAULTS_ENV}: unknown action in {text!r} (known: raise)")
-        rule = _FaultRule(action.strip())
-        for pair in filter(None, (item.strip() for item in params.split(","))):
-            key, _, value = pair.partition("=")
-            if key.strip() not in ("index", "times") or not value.strip().isdigit():
-                raise ValueError(f"{FAULTS_ENV}: bad setting {pair!r} in {text!r} (index=N, times=K)")
-            setattr(rule, key.strip(), int(value))
-        rules.append(rule)
-    return rules
-
-
-@functools.cache
-def _fault_rules() -> list[_FaultRule]:
-    """This process's rules, parsed on first use; [] when the variable is unset (the normal case)."""
-    spec = os.environ.get(FAULTS_ENV, "").strip()
-    if not spec:
-        return []
-    rules = parse_faults(spec)
-    log.warning("fault injection is on (%s=%r): segments will fail on purpose", FAULTS_ENV, spec)
-    return rules
-
-
-def _inject_faults(index: int) -> None:
-    for rule in _fault_rules():
-        if rule.index not in (None, index) or rule.times == 0:
-            continue
-        if rule.times is not None:
-            rule.times -= 1
-        raise InjectedFault(f"injected fault on segment {index} ({FAULTS_ENV})")
-
-
-def run_job(job: SegmentJob) -> SegmentResult:
-    """Transcribe one job with the (cached, once-per-process) engine for ``job.engine``.
-
-    Shared by every mapper, local and Modal: skips silent segments, makes timestamps absolute,
-    turns an engine exception into ``SegmentResult.error``.
-    """
-    began = time.perf_counter()
-    result = SegmentResult(job.index, job.start, job.end, silent=job.silent)
-    if not job.silent:
-        try:
-            from transcriber.engine import get_engine  # the engine cache lives in engine.py
-
-            _inject_faults(job.index)  # a no-op unless STREAMSCRIBE_FAULTS is set
-            pieces = get_engine(job.engine).transcribe(job.audio, job.options)
-            result.pieces = [_absolute(p, job.start, job.end) for p in pieces]
-        except Exception as exc:  # any engine failure is this segment's, not the job's
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            result.error = f"the speech engine failed on this segment ({type(exc).__name__}" + (
-                f": {detail[:200]})" if detail else ")"
-            )
-            log.warning("segment %d: %s", job.index, result.error)
-            log.debug("segment %d failed", job.index, exc_info=True)
-    result.elapsed = time.perf_counter() - began
-    return result
-
-
-def run_job_retrying(job: SegmentJob, tries: int = 2) -> SegmentResult:
-    """:func:`run_job`, again when the engine raised (a transient failure gets a second chance)."""
-    elapsed = 0.0
-    for attempt in range(1, max(1, tries) + 1):
-        result = run_job(job)
-        elapsed += result.elapsed
-        result.attempts, result.elapsed = attempt, elapsed
-        if result.error is None:
-            break
-    if result.error is not None and result.attempts > 1:
-        result.error += f"; tried {result.attempts} times"
-    return result
-
-
-class Mapper(Protocol):
-    def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
-        """Consume jobs as they arrive, yield results as they complete; bounded in-flight work.
-
-        Closing the returned async generator (or cancelling its consumer) stops queued work;
-        running work goes on or stops according to each job's ``abandon`` (:data:`ABANDON`),
-        where the mapper can stop it (else it finishes and its result is dropped).
-        ``map`` may be called again (and concurrently) on the same mapper.
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Release workers (processes, containers)."""
-        ...
-
-
-def mapper_for_mode(mapper: Mapper, mode: str) -> Mapper:
-    """The mapper that runs ``mode`` on ``mapper``'s workers.
-
-    ``parallel`` is ``mapper`` itself. For ``sequential``, a mapper with its own sequential path
-    (a ``sequential()`` method, e.g. Modal's ``remote_gen`` mapper) provides it; any other is
-    wrapped in :class:`SequentialMapper`, which borrows its workers one segment at a time. So a
-    server holds one parallel mapper and serves both modes from it.
-    """
-    if mode == "parallel":
-        return mapper
-    if mode == "sequential":
-        own = getattr(mapper, "sequential", None)
-        return own() if callable(own) else SequentialMapper(mapper)
-    raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-
-
-class InlineMapper:
-    """Runs every job in this process, one at a time, in a thread so the event loop stays free.
-
-    A cancelled map returns at once; the segment already in the engine finishes in its thread
-    (a thread cannot be killed, so ``abandon="kill"`` cannot be honoured) and its result is
-    dropped.
-    """
-
-    def __init__(self, *, engine_tries: int = 2) -> None:
-        self.engine_tries = engine_tries
-
-    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
-        async for job in jobs:
-            yield await asyncio.to_thread(run_job_retrying, job, self.engine_tries)
-
-    async def aclose(self) -> None:
-        pass
-
-
-# -- the local process pool --------------------------------------------------------------------
 
 #: What a worker sends once it reached its job loop (so a start-up failure is told apart).
 _READY = "ready"
@@ -712,118 +481,3 @@ def _exit_cause(exitcode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-exitcode}"
     return f"exit code {exitcode}"
-
-
-# -- sequential mode ------------------------------------------------------------------------------
-
-#: Whisper conditions on at most 223 previous tokens; ~800 characters of English is about that.
-MAX_PROMPT_CHARS = 800
-
-
-def bounded_prompt(text: str, limit: int = MAX_PROMPT_CHARS) -> str | None:
-    """The last ``limit`` characters of ``text`` as a prompt (whitespace folded, never starting
-    mid-word), or None when nothing is left."""
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[-limit:]
-        text = text.split(" ", 1)[1] if " " in text else text  # do not start mid-word
-    return text or None
-
-
-def tripped_guard(result: SegmentResult, options: TranscribeOptions) -> bool:
-    """Whether ``result`` looks like a hallucination loop (whisper's guards) or failed.
-
-    Carrying such text as the next prompt invites the loop to continue, so the prompt resets.
-    """
-    if result.error:
-        return True
-    for piece in result.pieces:
-        ratio, logprob = options.compression_ratio_threshold, options.log_prob_threshold
-        if ratio is not None and piece.compression_ratio > ratio:
-            return True
-        if logprob is not None and piece.avg_logprob < logprob:
-            return True
-    return False
-
-
-@dataclass
-class PromptCarry:
-    """The sequential mode's context, and the one place its rules live.
-
-    Like whisper inside one long file: the previous segments' final text (the last
-    ``max_chars`` characters) becomes the next job's ``initial_prompt``; a segment that trips
-    :func:`tripped_guard` resets it; a segment with no text carries it over. The first job keeps
-    the ``initial_prompt`` it came with (the pipeline seeds it with stored text when resuming).
-
-    :class:`SequentialMapper` and the Modal GPU generator (``app/modal_app.py``) both run
-    ``job = carry.apply(job)``, transcribe, ``carry.advance(job, result)``. The fields are
-    plain, so the state can travel to a GPU container and back (``asdict`` / ``PromptCarry(**d)``).
-    """
-
-    max_chars: int = MAX_PROMPT_CHARS
-    #: The text the next job is prompted with (None: nothing yet, or reset).
-    prompt: str | None = None
-    #: False until a segment is done: until then a job keeps its own ``initial_prompt``.
-    carrying: bool = False
-
-    def apply(self, job: SegmentJob) -> SegmentJob:
-        """``job`` with the carried text as its ``initial_prompt``."""
-        if not self.carrying:
-            return job
-        options = dataclasses.replace(job.options, initial_prompt=self.prompt)
-        return dataclasses.replace(job, options=options)
-
-    def advance(self, job: SegmentJob, result: SegmentResult) -> None:
-        """Move past ``result``; ``job`` is the one :meth:`apply` returned for it."""
-        if tripped_guard(result, job.options):
-            self.prompt = None
-        elif result.text:
-            self.prompt = bounded_prompt(f"{job.options.initial_prompt or ''} {result.text}",
-                                          self.max_chars)
-        else:
-            self.prompt = job.options.initial_prompt  # silence carries the context over
-        self.carrying = True
-
-
-class SequentialMapper:
-    """One segment at a time, in index order, each prompted with the text before it
-    (:class:`PromptCarry`, at most ``max_prompt_chars`` of it).
-
-    Jobs must come in index order; gaps (silent or resumed segments the caller kept to itself)
-    carry the prompt over.
-    ``base`` runs the jobs (default: an :class:`InlineMapper`); it is borrowed, not closed,
-    unless ``close_base``.
-    """
-
-    def __init__(
-        self,
-        base: Mapper | None = None,
-        *,
-        max_prompt_chars: int = MAX_PROMPT_CHARS,
-        close_base: bool | None = None,
-    ) -> None:
-        self.base: Mapper = base if base is not None else InlineMapper()
-        self.max_prompt_chars = max_prompt_chars
-        self.close_base = base is None if close_base is None else close_base
-
-    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
-        carry = PromptCarry(self.max_prompt_chars)
-        async for job in jobs:
-            job = carry.apply(job)
-            result = await self._one(job)
-            carry.advance(job, result)
-            yield result
-
-    async def _one(self, job: SegmentJob) -> SegmentResult:
-        async def single() -> AsyncIterator[SegmentJob]:
-            yield job
-
-        results = self.base.map(single())
-        try:
-            return await anext(results)
-        finally:
-            await results.aclose()
-
-    async def aclose(self) -> None:
-        if self.close_base:
-            await self.base.aclose()

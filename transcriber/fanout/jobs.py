@@ -1,0 +1,182 @@
+"""What every mapper shares: the job and result types, the :class:`Mapper` protocol, and
+:func:`run_job`, the one function that turns a segment into text wherever it runs (this
+process, a pool worker, a Modal GPU container).
+
+:class:`InlineMapper` runs jobs in this process (tests, tiny inputs); :func:`mapper_for_mode`
+picks the mapper for a ``mode`` (:data:`MODES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from transcriber import faults
+from transcriber.engine import EngineConfig, Piece, TranscribeOptions
+
+log = logging.getLogger(__name__)
+
+MODES = ("parallel", "sequential")
+
+#: What a mapper does with a job that is already running when its map is closed (its consumer
+#: left): ``finish`` lets the engine finish the segment and drops the result (the worker stays
+#: warm for the next job); ``kill`` stops it at once where the mapper can (a pool kills the
+#: worker process and starts a fresh one, which reloads the model).
+ABANDON = ("finish", "kill")
+
+
+@dataclass
+class SegmentJob:
+    """Everything a worker needs for one segment, and nothing of the rest of the file."""
+
+    index: int
+    #: Absolute offset of ``audio`` in the source, seconds.
+    start: float
+    end: float
+    audio: np.ndarray  # 16 kHz mono float32
+    engine: EngineConfig
+    options: TranscribeOptions
+    silent: bool = False
+    #: One of :data:`ABANDON`: what happens to this job if its map is closed while it runs.
+    #: A property of the job rather than a ``map`` argument so that it passes unchanged through
+    #: any mapper that wraps another (:class:`SequentialMapper`, a test's recording mapper).
+    abandon: str = "finish"
+
+
+@dataclass
+class SegmentResult:
+    index: int
+    start: float
+    end: float
+    #: Pieces with absolute timestamps (offset by ``start``).
+    pieces: list[Piece] = field(default_factory=list)
+    #: Set when the segment failed; the job goes on.
+    error: str | None = None
+    silent: bool = False
+    #: Seconds the worker spent on it.
+    elapsed: float = 0.0
+    #: Tries it took (engine retries and worker replacements included).
+    attempts: int = 1
+
+    @property
+    def text(self) -> str:
+        return " ".join(p.text.strip() for p in self.pieces if p.text.strip())
+
+
+def _absolute(piece: Piece, start: float, end: float) -> Piece:
+    """``piece`` moved by ``start`` and clamped into ``[start, end]``.
+
+    Engines see a padded 30 s window, so a last timestamp can overshoot the real audio; the
+    clamp keeps neighbouring segments from overlapping.
+    """
+
+    def clamp(t: float, low: float = start) -> float:
+        return min(max(start + t, low), end)
+
+    words = None
+    if piece.words is not None:
+        words = [dataclasses.replace(w, start=clamp(w.start), end=clamp(w.end)) for w in piece.words]
+    p_start = clamp(piece.start)
+    return dataclasses.replace(
+        piece, start=p_start, end=clamp(piece.end, p_start), words=words
+    )
+
+
+def run_job(job: SegmentJob) -> SegmentResult:
+    """Transcribe one job with the (cached, once-per-process) engine for ``job.engine``.
+
+    Shared by every mapper, local and Modal: skips silent segments, makes timestamps absolute,
+    turns an engine exception into ``SegmentResult.error``.
+    """
+    began = time.perf_counter()
+    result = SegmentResult(job.index, job.start, job.end, silent=job.silent)
+    if not job.silent:
+        try:
+            from transcriber.engine import get_engine  # the engine cache lives in engine.py
+
+            faults.inject(job.index)  # a test hook: a no-op unless STREAMSCRIBE_FAULTS is set
+            pieces = get_engine(job.engine).transcribe(job.audio, job.options)
+            result.pieces = [_absolute(p, job.start, job.end) for p in pieces]
+        except Exception as exc:  # any engine failure is this segment's, not the job's
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            result.error = f"the speech engine failed on this segment ({type(exc).__name__}" + (
+                f": {detail[:200]})" if detail else ")"
+            )
+            log.warning("segment %d: %s", job.index, result.error)
+            log.debug("segment %d failed", job.index, exc_info=True)
+    result.elapsed = time.perf_counter() - began
+    return result
+
+
+def run_job_retrying(job: SegmentJob, tries: int = 2) -> SegmentResult:
+    """:func:`run_job`, again when the engine raised (a transient failure gets a second chance)."""
+    elapsed = 0.0
+    for attempt in range(1, max(1, tries) + 1):
+        result = run_job(job)
+        elapsed += result.elapsed
+        result.attempts, result.elapsed = attempt, elapsed
+        if result.error is None:
+            break
+    if result.error is not None and result.attempts > 1:
+        result.error += f"; tried {result.attempts} times"
+    return result
+
+
+class Mapper(Protocol):
+    def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+        """Consume jobs as they arrive, yield results as they complete; bounded in-flight work.
+
+        Closing the returned async generator (or cancelling its consumer) stops queued work;
+        running work goes on or stops according to each job's ``abandon`` (:data:`ABANDON`),
+        where the mapper can stop it (else it finishes and its result is dropped).
+        ``map`` may be called again (and concurrently) on the same mapper.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release workers (processes, containers)."""
+        ...
+
+
+def mapper_for_mode(mapper: Mapper, mode: str) -> Mapper:
+    """The mapper that runs ``mode`` on ``mapper``'s workers.
+
+    ``parallel`` is ``mapper`` itself. For ``sequential``, a mapper with its own sequential path
+    (a ``sequential()`` method, e.g. Modal's ``remote_gen`` mapper) provides it; any other is
+    wrapped in :class:`SequentialMapper`, which borrows its workers one segment at a time. So a
+    server holds one parallel mapper and serves both modes from it.
+    """
+    if mode == "parallel":
+        return mapper
+    if mode == "sequential":
+        from transcriber.fanout.sequential import SequentialMapper  # it wraps the mappers here
+
+        own = getattr(mapper, "sequential", None)
+        return own() if callable(own) else SequentialMapper(mapper)
+    raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+class InlineMapper:
+    """Runs every job in this process, one at a time, in a thread so the event loop stays free.
+
+    A cancelled map returns at once; the segment already in the engine finishes in its thread
+    (a thread cannot be killed, so ``abandon="kill"`` cannot be honoured) and its result is
+    dropped.
+    """
+
+    def __init__(self, *, engine_tries: int = 2) -> None:
+        self.engine_tries = engine_tries
+
+    async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncIterator[SegmentResult]:
+        async for job in jobs:
+            yield await asyncio.to_thread(run_job_retrying, job, self.engine_tries)
+
+    async def aclose(self) -> None:
+        pass
