@@ -84,6 +84,10 @@ class TranscribeBody(BaseModel):
         "order, each segment's text prompting the next (more consistent, slower).",
     )
     beam_size: int | None = Field(None, ge=1, le=10)
+    batch_size: int | None = Field(
+        None, ge=1, le=64, description="Segments decoded in one engine call; 1 decodes each alone. "
+        "Default: the server's (STREAMSCRIBE_BATCH_SIZE)."
+    )
 
 
 #: ``?format=``: the response type, overriding ``Accept``.

@@ -108,6 +108,8 @@ class JobRequest:
     task: str = "transcribe"
     mode: str = "parallel"
     beam_size: int | None = None
+    #: Segments decoded in one engine call (None: the server's ``batch_size``).
+    batch_size: int | None = None
 
     def resolved(self, settings: Settings) -> JobRequest:
         """Defaults from ``settings`` filled in, and everything validated.
@@ -143,6 +145,7 @@ class JobRequest:
             model=model,
             language=language,
             beam_size=self.beam_size or settings.beam_size,
+            batch_size=self.batch_size or settings.batch_size,
         )
 
     def source_key(self) -> str:
@@ -161,6 +164,8 @@ class JobRequest:
             "task": self.task,
             "mode": self.mode,
             "beam_size": self.beam_size,
+            # A batched decode can differ from a lone one (its fallback is per segment).
+            "batch_size": self.batch_size,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -445,7 +450,10 @@ class JobManager:
             # Threads per worker are the mapper's business (a local pool splits the cores).
             engine=EngineConfig(engine=request.engine, model=request.model),
             transcribe=TranscribeOptions(
-                language=request.language, task=request.task, beam_size=request.beam_size
+                language=request.language,
+                task=request.task,
+                beam_size=request.beam_size,
+                batch_size=request.batch_size or s.batch_size,
             ),
             mode=request.mode,
             max_duration=s.max_duration_s or None,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transcriber.engine import DEFAULT_BATCH_SIZE
 from transcriber.urlguard import ANY_HOST, YOUTUBE_HOSTS, GuardPolicy
 
 ENV_PREFIX = "STREAMSCRIBE_"
@@ -55,6 +56,9 @@ class Settings:
     extra_extractors: tuple[str, ...] = ()
     #: ``STREAMSCRIBE_BEAM_SIZE``: default beam size (a request may ask for another, 1-10).
     beam_size: int = 5
+    #: ``STREAMSCRIBE_BATCH_SIZE``: segments one worker decodes in one engine call (a request
+    #: may ask for another, 1-64); 1 decodes each alone.
+    batch_size: int = DEFAULT_BATCH_SIZE
     #: ``STREAMSCRIBE_TOKEN``: when set, API calls need ``Authorization: Bearer <token>``.
     token: str | None = None
     #: ``STREAMSCRIBE_COOKIES_FILE``: a Netscape cookies.txt handed to yt-dlp (bot checks).
@@ -97,6 +101,7 @@ class Settings:
             ),
             extra_extractors=env.items("EXTRA_EXTRACTORS", d.extra_extractors),
             beam_size=env.integer("BEAM_SIZE", d.beam_size, minimum=1),
+            batch_size=env.integer("BATCH_SIZE", d.batch_size, minimum=1),
             token=env.text("TOKEN", None),
             cookies_file=env.text("COOKIES_FILE", None),
             max_duration_s=env.number("MAX_DURATION_S", d.max_duration_s),

@@ -21,7 +21,14 @@ import sys
 from typing import TextIO
 
 from transcriber import clock, formats
-from transcriber.engine import ENGINES, EngineConfig, EngineError, TranscribeOptions, resolve_model
+from transcriber.engine import (
+    DEFAULT_BATCH_SIZE,
+    ENGINES,
+    EngineConfig,
+    EngineError,
+    TranscribeOptions,
+    resolve_model,
+)
 from transcriber.events import (
     Done,
     Event,
@@ -56,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--beam_size", "--beam-size", type=_positive_int, default=5,
         help="default: %(default)s; 1 is greedy and fastest")  # fmt: skip
     add("--word_timestamps", action="store_true", help="word-level times in json")
+    add("--batch_size", "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+        help="segments one worker decodes in one engine call (default: %(default)s); "
+        "1 decodes each alone")  # fmt: skip
     add("--workers", type=_natural_int,
         help="worker processes (0: in this process; default: fill the CPU cores)")  # fmt: skip
     add("--threads", type=_positive_int, help="threads per worker (default: 1 on up to 4 cores)")
@@ -212,6 +222,7 @@ async def _run(args: argparse.Namespace, printer: _Printer) -> None:
             task=args.task,
             beam_size=args.beam_size,
             word_timestamps=args.word_timestamps,
+            batch_size=args.batch_size,
         ),
         mode=args.mode,
         max_duration=args.max_duration,

@@ -74,6 +74,11 @@ class EngineConfig:
     download_root: str | None = None
 
 
+#: Segments one engine call may decode together unless told otherwise (``--batch_size``,
+#: ``STREAMSCRIBE_BATCH_SIZE``, a request's ``batch_size``); tuned on the bench (bench/NOTES.md).
+DEFAULT_BATCH_SIZE = 4
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
     """Decoding options, in whisper's CLI vocabulary."""
@@ -93,6 +98,9 @@ class TranscribeOptions:
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
+    #: Segments decoded together in one engine call where a mapper has several ready
+    #: (:func:`transcribe_batch`); 1 decodes each alone (:meth:`Engine.transcribe`).
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -573,8 +581,13 @@ def _piece_from_faster(segment) -> Piece:
 
 
 def _shifted(piece: Piece, delta: float) -> Piece:
-    words = piece.words and [replace(w, start=w.start + delta, end=w.end + delta) for w in piece.words]
-    return replace(piece, start=piece.start + delta, end=piece.end + delta, words=words)
+    """``piece`` moved by ``delta`` seconds, to the millisecond the pipeline rounds to."""
+
+    def at(t: float) -> float:
+        return round(t + delta, 3)
+
+    words = piece.words and [replace(w, start=at(w.start), end=at(w.end)) for w in piece.words]
+    return replace(piece, start=at(piece.start), end=at(piece.end), words=words)
 
 
 class OpenAIWhisperEngine:

@@ -86,6 +86,11 @@ class Done:
     failed_segments: list[int] = field(default_factory=list)
     #: Segments a resumed run took from the earlier run's store instead of transcribing again.
     reused_segments: int = 0
+    #: Segments whose batched decode failed whisper's thresholds and were decoded again alone.
+    redecoded_segments: int = 0
+    #: Segments transcribed per engine-call batch size (``{1: 3, 4: 20}``: 3 alone, 20 in
+    #: batches of 4).
+    batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -235,6 +235,16 @@ class _Tally:
     first_any_segment: float | None = None
     #: Segments taken from ``completed=`` instead of being transcribed again.
     reused: int = 0
+    #: Segments decoded again alone after their batched decode failed whisper's thresholds,
+    #: and how many segments went through engine calls of each batch size.
+    redecoded: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    def engine_call(self, result: SegmentResult) -> None:
+        """Count how ``result`` was decoded (batched, re-decoded alone)."""
+        if not (result.silent or result.error):
+            self.batch_sizes[result.batch] = self.batch_sizes.get(result.batch, 0) + 1
+        self.redecoded += int(result.redecoded)
 
     def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
         """Count a segment sent; ``fresh`` when this run transcribed it (not reused)."""
@@ -352,6 +362,7 @@ async def transcribe_stream(
             match await outbox.get():
                 case Transcribed(result):
                     event, fresh = _segment_event(result), True
+                    tally.engine_call(result)
                 case Reused(stored):
                     event, fresh = stored, False
                 case DecodeEnded():
@@ -483,6 +494,8 @@ def _done(tally: _Tally, feed: _DecodeFeed) -> Done:
         segments=feed.cut,
         failed_segments=sorted(tally.failed),
         reused_segments=tally.reused,
+        redecoded_segments=tally.redecoded,
+        batch_sizes=dict(sorted(tally.batch_sizes.items())),
     )
 
 
