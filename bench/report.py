@@ -18,6 +18,7 @@ METRICS: list[tuple[str, str, str]] = [
     ("first_segment_s", "first segment s", "{:.2f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("cpu_s", "CPU s", "{:.1f}"),
+    ("cpu_s_per_audio_min", "CPU s / audio min", "{:.2f}"),
     ("wer", "WER", "{:.4f}"),
     ("segments", "segments", "{:d}"),
 ]
@@ -89,8 +90,12 @@ def _figure(runs: dict[str, dict], run: str, metric: str) -> float | None:
 
 def default_goals() -> list[Goal]:
     """The issue's goals. The 10-minute baselines of the long checks are the main run."""
-    ss, fw, ow = "streamscribe", "faster-whisper", "openai-whisper"
+    ss, fw, ow, fwb = "streamscribe", "faster-whisper", "openai-whisper", "faster-whisper-batched"
     return [
+        Goal("wall_vs_faster_whisper_batched", "streamscribe wall / faster-whisper-batched wall",
+             (ss, "wall_s"), (fwb, "wall_s"), 0.8),
+        Goal("wer_diff_vs_faster_whisper_batched", "WER streamscribe − WER faster-whisper-batched",
+             (ss, "wer"), (fwb, "wer"), 0.005, kind="difference"),
         Goal("wall_vs_faster_whisper", "streamscribe wall / faster-whisper wall",
              (ss, "wall_s"), (fw, "wall_s"), 0.8),
         Goal("wall_vs_openai_whisper", "streamscribe wall / openai-whisper wall",
@@ -158,4 +163,19 @@ def markdown(results: dict) -> str:
         met = {True: "yes", False: "**no**", None: "—"}[goal["met"]]
         value = _cell(goal["value"], "{:.4f}" if goal["kind"] == "difference" else "{:.3f}")
         lines.append(f"| {goal['label']} | {value} | ≤ {goal['goal']:g} | {met} |")
+    lines += _engine_calls(results)
+    lines += ["", "![wall, first segment and segment arrivals per system](results.svg)"]
     return "\n".join(lines) + "\n"
+
+
+def _engine_calls(results: dict) -> list[str]:
+    """How streamscribe's runs decoded: batch sizes used and fallback re-decodes (from the
+    CLI's ``done`` event)."""
+    lines = ["", "| streamscribe run | segments by batch size | fallback re-decodes |", "|---|---|---:|"]
+    for key, run in all_runs(results).items():
+        done = run.get("child_done") or {}
+        if "batch_sizes" in done:
+            by_size = sorted(done["batch_sizes"].items(), key=lambda kv: int(kv[0]))
+            sizes = ", ".join(f"batch {size}: {n}" for size, n in by_size)
+            lines.append(f"| {key} | {sizes or '—'} | {done.get('redecoded_segments', 0)} |")
+    return lines if len(lines) > 3 else []

@@ -279,6 +279,9 @@ class BatchDecode:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     compression_ratio: float = 1.0
+    #: Seconds into the audio where the decoder stopped short (its last piece unfinished):
+    #: the rest is decoded in a next round, as whisper's next window. None: done.
+    resume_at: float | None = None
 
 
 @dataclass
@@ -310,12 +313,15 @@ def needs_fallback(decode: BatchDecode, options: TranscribeOptions) -> bool:
     return not quiet
 
 
-def split_by_timestamps(tokens: Sequence[int], timestamp_begin: int, seconds: float) -> list[tuple]:
-    """whisper's cut of one window's tokens into (start, end, tokens) at timestamp pairs.
+def split_by_timestamps(
+    tokens: Sequence[int], timestamp_begin: int, seconds: float
+) -> tuple[list[tuple[float, float, list[int]]], float | None]:
+    """whisper's cut of one window's tokens into ``(start, end, tokens)`` pieces at timestamp
+    pairs, and where whisper would decode the next window from (None: the window is done).
 
-    As in whisper's and faster-whisper's batched pipelines, an unfinished last piece (text
-    after the last pair, with no closing timestamp) is dropped: the one-window decode has no
-    next window to finish it in. With no pair at all the window is one piece.
+    As in whisper's own loop, an unfinished last piece (text after the last pair, with no
+    single closing timestamp) is not kept: the next window starts at the last timestamp and
+    decodes it again. With no pair at all the window is one piece and done.
     """
     tokens = list(tokens)
     is_time = [t >= timestamp_begin for t in tokens]
@@ -326,7 +332,7 @@ def split_by_timestamps(tokens: Sequence[int], timestamp_begin: int, seconds: fl
         end = seconds
         if times and times[-1] != timestamp_begin:
             end = (times[-1] - timestamp_begin) * TIME_PRECISION
-        return [(0.0, end, tokens)] if tokens else []
+        return ([(0.0, end, tokens)] if tokens else []), None
     if single_ending:
         cuts.append(len(tokens))
     pieces, last = [], 0
@@ -336,7 +342,8 @@ def split_by_timestamps(tokens: Sequence[int], timestamp_begin: int, seconds: fl
         end = (part[-1] - timestamp_begin) * TIME_PRECISION
         pieces.append((start, end, part))
         last = cut
-    return pieces
+    resume = None if single_ending else (tokens[last - 1] - timestamp_begin) * TIME_PRECISION
+    return pieces, resume
 
 
 def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[Transcribed]:
@@ -344,7 +351,9 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
 
     - digital silence gets no pieces and slivers (< :data:`MIN_BATCH_SECONDS`) go alone, as
       does a batch of one: :meth:`Engine.transcribe`, today's per-segment path, exactly;
-    - the others are decoded together at the first temperature, with timestamp tokens;
+    - the others are decoded together at the first temperature, with timestamp tokens; where
+      the decoder stopped short of a segment's end (whisper would seek on), the rest of those
+      segments is decoded in a next, smaller batch, as whisper's next window;
     - an element that fails whisper's thresholds (:func:`needs_fallback`) is decoded again
       alone with the full temperature fallback (``redecoded``); its batch-mates keep theirs;
     - the no-speech rule and the hallucination guards (:func:`apply_guards`) apply per segment.
@@ -358,11 +367,29 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
         elif len(audio) >= MIN_BATCH_SECONDS * SAMPLE_RATE:
             together.append(i)
     if len(together) > 1:
-        decodes = engine.decode_batch([audios[i] for i in together], options)
-        for i, decode in zip(together, decodes, strict=True):
-            if needs_fallback(decode, options) and len(options.temperatures) > 1:
-                continue  # decoded alone below
-            results[i] = Transcribed(apply_guards(decode.pieces, options, len(audios[i]) / SAMPLE_RATE))
+        fallback = len(options.temperatures) > 1
+        pieces: dict[int, list[Piece]] = {i: [] for i in together}
+        offsets = dict.fromkeys(together, 0.0)
+        pending, failed = list(together), set()
+        while pending:
+            chunks = [audios[i][int(offsets[i] * SAMPLE_RATE) :] for i in pending]
+            decodes = engine.decode_batch(chunks, options)
+            still = []
+            for i, chunk, decode in zip(pending, chunks, decodes, strict=True):
+                if fallback and needs_fallback(decode, options):
+                    failed.add(i)  # decoded alone below
+                    continue
+                pieces[i] += [_shifted(p, offsets[i]) for p in decode.pieces]
+                rest = len(chunk) / SAMPLE_RATE - (decode.resume_at or 0.0)
+                if decode.resume_at and rest >= MIN_BATCH_SECONDS and not _is_digital_silence(
+                    chunk[int(decode.resume_at * SAMPLE_RATE) :]
+                ):
+                    offsets[i] += decode.resume_at
+                    still.append(i)
+            pending = still
+        for i in together:
+            if i not in failed:
+                results[i] = Transcribed(apply_guards(pieces[i], options, len(audios[i]) / SAMPLE_RATE))
     for i, audio in enumerate(audios):
         if results[i] is None:
             results[i] = Transcribed(engine.transcribe(audio, options), redecoded=len(together) > 1 and i in together)
@@ -496,7 +523,6 @@ class FasterWhisperEngine:
             )
         except Exception as err:  # hub errors, corrupt files, unsupported compute types
             raise _load_error(config, err) from err
-        self._batched = None
 
     def _kwargs(self, options: TranscribeOptions, seconds: float) -> dict:
         return dict(
@@ -527,42 +553,89 @@ class FasterWhisperEngine:
         """One encoder pass and one beam search for several segments (each at most 30 s), at
         the first temperature, with timestamp tokens; see :func:`transcribe_batch`.
 
-        faster-whisper's ``BatchedInferencePipeline`` does the work: the segments are laid end
-        to end and given as ``clip_timestamps``, so each is one batch element; its pieces come
-        back with times on that joined timeline and the element's offset (``seek``) names it.
+        What faster-whisper's ``BatchedInferencePipeline`` does (stacked 30 s feature windows,
+        one ``generate`` over all), with the single path's decoding settings (the first
+        timestamp within 1 s, the same token budget) and whisper's resume point per element.
         """
-        from faster_whisper import BatchedInferencePipeline
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
 
-        if self._batched is None:
-            self._batched = BatchedInferencePipeline(self.model)
-        clips, owner, position = [], {}, 0
-        for k, audio in enumerate(audios):
-            start = position / SAMPLE_RATE
-            clips.append({"start": start, "end": (position + len(audio)) / SAMPLE_RATE})
-            # The pipeline's own rounding of the clip start to a seek in frames, redone here.
-            owner[int(int(start * SAMPLE_RATE) / SAMPLE_RATE * self.model.frames_per_second)] = k
-            position += len(audio)
-        kwargs = self._kwargs(options, max(len(a) for a in audios) / SAMPLE_RATE)
-        kwargs["temperature"] = list(options.temperatures[:1])
-        multilingual = options.language is None and self.model.model.is_multilingual
-        segments, _info = self._batched.transcribe(
-            np.concatenate(audios),
-            clip_timestamps=clips,
-            batch_size=len(audios),
-            without_timestamps=False,
-            multilingual=multilingual,
-            **kwargs,
+        model = self.model
+        seconds = [len(a) / SAMPLE_RATE for a in audios]
+        features = np.stack([pad_or_trim(model.feature_extractor(a)[..., :-1]) for a in audios])
+        language = options.language or ("en" if not model.model.is_multilingual else None)
+        encoder_output = model.encode(features)
+        prompts = None
+        if language is None:  # detect per segment, as the single path does for each
+            detected = model.model.detect_language(encoder_output)
+            languages = [langs[0][0][2:-2] for langs in detected]
+        else:
+            languages = [language] * len(audios)
+        tokenizers, prompts = [], []
+        for lang in languages:
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=options.task, language=lang)
+            previous = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+            tokenizers.append(tokenizer)
+            prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
+        temperature = options.temperatures[0]
+        sampling = (
+            {"beam_size": 1, "num_hypotheses": BEST_OF, "sampling_topk": 0, "sampling_temperature": temperature}
+            if temperature > 0
+            else {"beam_size": options.beam_size, "patience": 1}
         )
-        decodes = [BatchDecode() for _ in audios]
-        for segment in segments:
-            k = owner[segment.seek]
-            piece = _shifted(_piece_from_faster(segment), -clips[k]["start"])
-            decodes[k].pieces.append(piece)
-            decodes[k].avg_logprob = segment.avg_logprob  # the element's, on every piece
-            decodes[k].no_speech_prob = segment.no_speech_prob
-        for decode in decodes:
-            decode.compression_ratio = compression_ratio("".join(p.text for p in decode.pieces))
+        results = model.model.generate(
+            encoder_output,
+            prompts,
+            length_penalty=1,
+            max_length=max(len(p) for p in prompts) + token_budget(max(seconds)),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
+            max_initial_timestamp_index=int(round(1.0 / TIME_PRECISION)),
+            **sampling,
+        )
+        decodes, cuts = [], []
+        for tokenizer, duration, result in zip(tokenizers, seconds, results, strict=True):
+            tokens = result.sequences_ids[0]
+            cut, resume = split_by_timestamps(tokens, tokenizer.timestamp_begin, duration)
+            cuts.append(cut)
+            text = tokenizer.decode(tokens)
+            decodes.append(
+                BatchDecode(
+                    pieces=[Piece(start, end, tokenizer.decode(part)) for start, end, part in cut],
+                    avg_logprob=result.scores[0] * len(tokens) / (len(tokens) + 1),
+                    no_speech_prob=result.no_speech_prob,
+                    compression_ratio=compression_ratio(text.strip()),
+                    resume_at=resume,
+                )
+            )
+        if options.word_timestamps:
+            self._add_words(decodes, cuts, tokenizers[0], encoder_output, seconds)
         return decodes
+
+    def _add_words(self, decodes, cuts, tokenizer, encoder_output, seconds) -> None:
+        """Word times by faster-whisper's alignment over the batch's encoder output."""
+        segments = [
+            [{"start": s, "end": e, "tokens": part, "seek": 0} for s, e, part in cut] for cut in cuts
+        ]
+        self.model.add_word_timestamps(
+            segments,
+            tokenizer,
+            encoder_output,
+            [min(3000, int(round(d * self.model.frames_per_second))) for d in seconds],
+            "\"'“¿([{-",
+            "\"'.。,，!！?？:：”)]}、",
+            0.0,
+        )
+        for decode, done in zip(decodes, segments, strict=True):
+            for piece, segment in zip(decode.pieces, done, strict=True):
+                piece.start, piece.end = float(segment["start"]), float(segment["end"])
+                piece.words = [
+                    Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
+                    for w in segment.get("words", [])
+                ]
 
 
 def _piece_from_faster(segment) -> Piece:
@@ -687,14 +760,15 @@ class OpenAIWhisperEngine:
         for audio, mel, result in zip(audios, mels, results, strict=True):
             seconds = len(audio) / SAMPLE_RATE
             tokenizer = self._tokenizer(result.language, options)
+            cut, resume = split_by_timestamps(result.tokens, tokenizer.timestamp_begin, seconds)
             pieces = [
                 Piece(start, end, tokenizer.decode([t for t in tokens if t < tokenizer.eot]), words=None)
-                for start, end, tokens in split_by_timestamps(result.tokens, tokenizer.timestamp_begin, seconds)
+                for start, end, tokens in cut
             ]
             if options.word_timestamps and pieces:
-                pieces = self._with_words(pieces, result, tokenizer, mel, seconds)
+                pieces = self._with_words(pieces, cut, tokenizer, mel, seconds)
             decodes.append(
-                BatchDecode(pieces, result.avg_logprob, result.no_speech_prob, result.compression_ratio)
+                BatchDecode(pieces, result.avg_logprob, result.no_speech_prob, result.compression_ratio, resume)
             )
         return decodes
 
@@ -706,15 +780,13 @@ class OpenAIWhisperEngine:
             model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
         )
 
-    def _with_words(self, pieces: list[Piece], result, tokenizer, mel, seconds: float) -> list[Piece]:
+    def _with_words(self, pieces: list[Piece], cut: list[tuple], tokenizer, mel, seconds: float) -> list[Piece]:
         """Word times by whisper's cross-attention alignment, one segment at a time."""
         from whisper.timing import add_word_timestamps
 
         segments = [
             {"seek": 0, "start": p.start, "end": p.end, "tokens": list(tokens), "text": p.text}
-            for p, (_s, _e, tokens) in zip(
-                pieces, split_by_timestamps(result.tokens, tokenizer.timestamp_begin, seconds), strict=True
-            )
+            for p, (_s, _e, tokens) in zip(pieces, cut, strict=True)
         ]
         with self._lock:
             add_word_timestamps(
