@@ -105,3 +105,14 @@ def test_bench_smoke_30_seconds(tmp_path: Path) -> None:
     for name in results["systems"]:
         assert f"| {name} |" in table
     assert table in proc.stdout
+
+    # The chart RESULTS.md embeds, and the figures behind it.
+    svg = (tmp_path / "results.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "](results.svg)" in table
+    streamscribe = results["systems"]["streamscribe"]
+    assert len(streamscribe["arrivals"]) == streamscribe["segments"]
+    assert streamscribe["arrivals"] == sorted(streamscribe["arrivals"])
+    assert streamscribe["arrivals"][0] == streamscribe["first_segment_s"]
+    done = streamscribe["child_done"]
+    assert sum(done["batch_sizes"].values()) >= 1 and done["redecoded_segments"] >= 0
+    assert "| streamscribe | batch " in table

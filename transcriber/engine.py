@@ -76,7 +76,7 @@ class EngineConfig:
 
 #: Segments one engine call may decode together unless told otherwise (``--batch_size``,
 #: ``STREAMSCRIBE_BATCH_SIZE``, a request's ``batch_size``); tuned on the bench (bench/NOTES.md).
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 2
 
 
 @dataclass(frozen=True)
