@@ -50,7 +50,18 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "cuda_devices": cuda_devices(),
     }
+
+
+def cuda_devices() -> int:
+    """CUDA GPUs CTranslate2 sees (0 here: every figure is a CPU figure)."""
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count()
+    except Exception:  # no CTranslate2, or a broken CUDA install: no GPU figures either way
+        return 0
 
 
 def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> dict:

@@ -566,7 +566,6 @@ class FasterWhisperEngine:
         features = np.stack([pad_or_trim(model.feature_extractor(a)[..., :-1]) for a in audios])
         language = options.language or ("en" if not model.model.is_multilingual else None)
         encoder_output = model.encode(features)
-        prompts = None
         if language is None:  # detect per segment, as the single path does for each
             detected = model.model.detect_language(encoder_output)
             languages = [langs[0][0][2:-2] for langs in detected]

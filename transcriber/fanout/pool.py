@@ -333,7 +333,9 @@ class LocalPoolMapper:
 
     def stats(self) -> dict[str, int]:
         """Counters since start: submitted, started, completed, failed, cancelled (dropped
-        from the queue, or killed while running), retried, spawned; and right now: ``workers`` (processes ready for work: their model is loaded)
+        from the queue, or killed while running), retried, spawned, batches (engine calls of
+        more than one segment), redecoded (segments whose batched decode failed whisper's
+        thresholds and were decoded again alone); and right now: ``workers`` (processes ready for work: their model is loaded)
         and ``busy`` (those on a segment).
 
         ``completed + failed`` is the number of segments the workers actually ran (a server's
