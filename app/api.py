@@ -116,6 +116,10 @@ class TranscribeBody(BaseModel):
     vad_threshold: float | None = Field(
         None, gt=0, lt=1, description="Speech probability at which the gate hears speech (default 0.4)."
     )
+    batch_size: int | None = Field(
+        None, ge=1, le=64, description="Segments decoded in one engine call; 1 decodes each alone. "
+        "Default: the server's (STREAMSCRIBE_BATCH_SIZE)."
+    )
 
 
 #: ``?format=``: the response type, overriding ``Accept``.

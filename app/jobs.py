@@ -129,6 +129,8 @@ class JobRequest:
     vad: bool | None = None
     #: The gate's speech threshold; None = :class:`transcriber.vad.VadOptions`' default.
     vad_threshold: float | None = None
+    #: Segments decoded in one engine call (None: the server's ``batch_size``).
+    batch_size: int | None = None
 
     def resolved(self, settings: Settings) -> JobRequest:
         """Defaults from ``settings`` filled in, and everything validated.
@@ -163,6 +165,7 @@ class JobRequest:
             word_timestamps=self.word_timestamps is not False,
             vad=settings.vad if self.vad is None else self.vad,
             vad_threshold=self.vad_threshold or VadOptions.threshold,
+            batch_size=self.batch_size or settings.batch_size,
         )
 
     def source_key(self) -> str:
@@ -186,6 +189,8 @@ class JobRequest:
             "word_timestamps": self.word_timestamps,
             "vad": self.vad,
             "vad_threshold": self.vad_threshold,
+            # A batched decode can differ from a lone one (its fallback is per segment).
+            "batch_size": self.batch_size,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -516,6 +521,7 @@ class JobManager:
                 task=request.task,
                 beam_size=request.beam_size or s.beam_size,
                 word_timestamps=bool(request.word_timestamps),
+                batch_size=request.batch_size or s.batch_size,
             ),
             mode=request.mode,
             vad=vad_options(request),

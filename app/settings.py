@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
+from transcriber.engine import DEFAULT_BATCH_SIZE
 from transcriber.urlguard import ANY_HOST, YOUTUBE_HOSTS, GuardPolicy
 from transcriber.vocab import EngineName
 
@@ -61,6 +62,9 @@ class Settings:
     #: ``STREAMSCRIBE_VAD``: 1 (default) runs the speech gate (no text over music or noise,
     #: see transcriber.vad); 0 decodes every segment whole. A request's ``vad`` overrides it.
     vad: bool = True
+    #: ``STREAMSCRIBE_BATCH_SIZE``: segments one worker decodes in one engine call (a request
+    #: may ask for another, 1-64); 1 decodes each alone.
+    batch_size: int = DEFAULT_BATCH_SIZE
     #: ``STREAMSCRIBE_TOKEN``: when set, API calls need ``Authorization: Bearer <token>``.
     token: str | None = None
     #: ``STREAMSCRIBE_COOKIES_FILE``: a Netscape cookies.txt handed to yt-dlp (bot checks).
@@ -110,6 +114,7 @@ class Settings:
             extra_extractors=env.items("EXTRA_EXTRACTORS", d.extra_extractors),
             beam_size=env.integer("BEAM_SIZE", d.beam_size, minimum=1),
             vad=env.flag("VAD", d.vad),
+            batch_size=env.integer("BATCH_SIZE", d.batch_size, minimum=1),
             token=env.text("TOKEN", None),
             cookies_file=env.text("COOKIES_FILE", None),
             max_duration_s=env.number("MAX_DURATION_S", d.max_duration_s),

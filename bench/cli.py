@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from bench import inputs, mixed
+from bench.chart import CHART_NAME, draw_chart
 from bench.measure import BenchError, Run, run_child
 from bench.report import evaluate_goals, markdown, word_error_rate
 from bench.systems import BenchConfig, all_systems, child_env, default_systems, resolve_weights
@@ -49,7 +50,18 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "cuda_devices": cuda_devices(),
     }
+
+
+def cuda_devices() -> int:
+    """CUDA GPUs CTranslate2 sees (0 here: every figure is a CPU figure)."""
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count()
+    except Exception:  # no CTranslate2, or a broken CUDA install: no GPU figures either way
+        return 0
 
 
 def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> dict:
@@ -61,6 +73,7 @@ def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> 
         "wer": None,
         "speed_x": None,
         "cpu_s": round(run.cpu_s, 2),
+        "cpu_s_per_audio_min": round(run.cpu_s / (bench_input.duration_s / 60), 2),
         "segments": run.segments,
         "failed_segments": run.failed_segments,
         "stopped_early": run.stopped_early,
@@ -69,10 +82,12 @@ def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> 
         "loadavg_before": run.loadavg_before,
         "loadavg_after": run.loadavg_after,
         "child_done": run.done,
+        "arrivals": run.arrivals,
         "command": command,
     }
     if run.stopped_early:
         record["cpu_s"] = None  # the killed tree's CPU time is not collected
+        record["cpu_s_per_audio_min"] = None
     else:
         record["wer"] = round(word_error_rate(bench_input.reference, run.text), 4)
         record["speed_x"] = round(bench_input.duration_s / run.wall_s, 2)
@@ -80,7 +95,9 @@ def run_record(run: Run, bench_input: inputs.BenchInput, command: list[str]) -> 
 
 
 #: Figures of a repeated system that are reported as the median over its runs.
-MEDIAN_FIGURES = ("wall_s", "first_segment_s", "peak_rss_mb", "wer", "speed_x", "cpu_s")
+MEDIAN_FIGURES = (
+    "wall_s", "first_segment_s", "peak_rss_mb", "wer", "speed_x", "cpu_s", "cpu_s_per_audio_min"
+)
 
 
 def median_record(records: list[dict]) -> dict:
@@ -247,5 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "RESULTS.md").write_text(table)
+    draw_chart(results, args.out / CHART_NAME)
     print(table)
     return 0

@@ -47,6 +47,8 @@ class Run:
     #: True when the run was stopped after its first segment (wall_s is then that moment).
     stopped_early: bool = False
     peak_processes: int = 1
+    #: Seconds from launch at which each segment line arrived, in arrival order.
+    arrivals: list[float] = field(default_factory=list)
     #: The child's own ``done`` event, when it sent one (engine timings, stats).
     done: dict = field(default_factory=dict)
     loadavg_before: list[float] = field(default_factory=list)
@@ -122,6 +124,7 @@ def run_child(
     stdout_path = log_dir / f"{name}.stdout.tsv"
     texts: dict[int, str] = {}
     pieces: list[dict] = []
+    arrivals: list[float] = []
     first: float | None = None
     failed = 0
     done: dict = {}
@@ -147,6 +150,7 @@ def run_child(
                     continue  # a stray print is not an event
                 kind = event.get("type") if isinstance(event, dict) else None
                 if kind == "segment":
+                    arrivals.append(round(now, 3))
                     if first is None:
                         first = now
                     texts[int(event["index"])] = str(event.get("text", "")).strip()
@@ -186,6 +190,7 @@ def run_child(
         stopped_early=stopped,
         peak_processes=sampler.peak_processes,
         done=done,
+        arrivals=arrivals,
         loadavg_before=loadavg_before,
         loadavg_after=[round(x, 2) for x in os.getloadavg()],
         pieces=pieces,

@@ -84,10 +84,20 @@ def run_faster_whisper(args: argparse.Namespace, emitter: _Emitter) -> tuple[flo
     )
     audio = read_wav(args.input)
     t1 = time.perf_counter()
-    segments, _info = model.transcribe(
-        audio, language=args.language, beam_size=args.beam_size,
-        condition_on_previous_text=args.condition,
-    )
+    if args.batch_size:
+        # faster-whisper's batched pipeline: silero VAD cuts speech into <= 30 s chunks, which
+        # are decoded batch_size at a time; timestamps kept (without_timestamps=False).
+        from faster_whisper import BatchedInferencePipeline
+
+        segments, _info = BatchedInferencePipeline(model).transcribe(
+            audio, language=args.language, beam_size=args.beam_size,
+            batch_size=args.batch_size, without_timestamps=False,
+        )
+    else:
+        segments, _info = model.transcribe(
+            audio, language=args.language, beam_size=args.beam_size,
+            condition_on_previous_text=args.condition,
+        )
     for segment in segments:
         emitter.segment(segment.start, segment.end, segment.text.strip())
     return t1 - t0, time.perf_counter() - t1
@@ -126,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-condition", dest="condition", action="store_false",
         help="condition_on_previous_text=False (the libraries default to True)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=0,
+        help="faster-whisper only: BatchedInferencePipeline with this batch size (0: off)",
     )
     args = parser.parse_args(argv)
     emitter = _Emitter(sys.stdout)

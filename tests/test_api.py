@@ -31,6 +31,7 @@ from tests.helpers.server import LOOPBACK_GUARD_SETTINGS, ServiceProcess, Servic
 from tests.helpers.sse import Event, EventStream
 from tests.helpers.wait import wait_for
 from transcriber import formats
+from transcriber.engine import DEFAULT_BATCH_SIZE
 from transcriber.fanout import InlineMapper
 from transcriber.urlguard import UrlRefused, check_url, extractor_names
 
@@ -142,7 +143,7 @@ def test_settings_from_env_reads_documented_names(tmp_path):
         "STREAMSCRIBE_MODEL": "base.en", "STREAMSCRIBE_ENGINE": "openai-whisper",
         "STREAMSCRIBE_WORKERS": "3", "STREAMSCRIBE_THREADS": "2", "STREAMSCRIBE_DATA_DIR": str(tmp_path),
         "STREAMSCRIBE_ALLOWED_HOSTS": "Example.org, youtu.be", "STREAMSCRIBE_ALLOW_PRIVATE_NETWORKS": "1",
-        "STREAMSCRIBE_BEAM_SIZE": "1", "STREAMSCRIBE_TOKEN": "s3cret", "STREAMSCRIBE_COOKIES_FILE": "/c.txt",
+        "STREAMSCRIBE_BEAM_SIZE": "1", "STREAMSCRIBE_BATCH_SIZE": "6", "STREAMSCRIBE_TOKEN": "s3cret", "STREAMSCRIBE_COOKIES_FILE": "/c.txt",
         "STREAMSCRIBE_MAX_DURATION_S": "60", "STREAMSCRIBE_MAX_UPLOAD_MB": "5", "STREAMSCRIBE_MAX_BODY_KB": "8",
         "STREAMSCRIBE_MAX_CONCURRENT_JOBS": "2", "STREAMSCRIBE_JOB_GRACE_S": "0.5",
         "STREAMSCRIBE_MAX_JOB_WALL_S": "90", "STREAMSCRIBE_MAX_DOWNLOAD_MB": "300",
@@ -152,7 +153,7 @@ def test_settings_from_env_reads_documented_names(tmp_path):
     assert (s.model, s.engine, s.workers, s.threads, s.data_dir) == (
         "base.en", "openai-whisper", 3, 2, tmp_path)  # fmt: skip
     assert s.allowed_hosts == ("example.org", "youtu.be") and s.allow_private_networks
-    assert (s.beam_size, s.token, s.cookies_file) == (1, "s3cret", "/c.txt")
+    assert (s.beam_size, s.batch_size, s.token, s.cookies_file) == (1, 6, "s3cret", "/c.txt")
     assert (s.max_duration_s, s.max_upload_mb, s.max_body_kb) == (60, 5, 8)
     assert (s.max_concurrent_jobs, s.job_grace_s, s.max_job_wall_s) == (2, 0.5, 90)
     assert (s.max_download_mb, s.max_download_bytes) == (300, 300 * 2**20)
@@ -423,6 +424,16 @@ def test_a_repeat_is_served_from_the_cache_instantly(svc, media, client):
     other = client.post("/jobs", json={"url": url, "mode": "sequential"}).json()
     assert other["outcome"] == "new" and other["id"] != first.headers["x-job-id"]
     Stream(svc, "GET", other["events_url"]).join()
+    # So is another batch size (a batched decode's fallback is per segment), and the server's
+    # default spelled out is the same request.
+    same = client.post("/jobs", json={"url": url, "batch_size": DEFAULT_BATCH_SIZE}).json()
+    assert same["outcome"] == "cached" and same["id"] == first.headers["x-job-id"]
+    alone = client.post("/jobs", json={"url": url, "batch_size": 1}).json()
+    assert alone["outcome"] == "new" and alone["id"] != first.headers["x-job-id"]
+    done = Stream(svc, "GET", alone["events_url"]).join().events[-1]
+    assert done.event == "done" and done.json()["redecoded_segments"] == 0
+    assert set(done.json()["batch_sizes"]) <= {"1"}
+    assert "redecoded" in client.get("/healthz").json()["pool"]
 
 
 def test_transcript_downloads(svc, media, client):
@@ -483,6 +494,7 @@ def test_errors_are_json_with_the_right_status(svc, media, client):
         assert "url" in _detail(client.post(path, json={}), 422)
         assert "mode" in _detail(client.post(path, json={"url": ok, "mode": "fast"}), 422)
         assert "beam_size" in _detail(client.post(path, json={"url": ok, "beam_size": 99}), 422)
+        assert "batch_size" in _detail(client.post(path, json={"url": ok, "batch_size": 0}), 422)
         assert "colour" in _detail(client.post(path, json={"url": ok, "colour": "red"}), 422)
         assert "http" in _detail(client.post(path, json={"url": "file:///etc/passwd"}), 400)
         assert "example.com" in _detail(client.post(path, json={"url": "https://example.com/a.mp3"}), 400)

@@ -107,6 +107,17 @@ def test_bench_smoke_30_seconds(tmp_path: Path) -> None:
         assert f"| {name} |" in table
     assert table in proc.stdout
 
+    # The chart RESULTS.md embeds, and the figures behind it.
+    svg = (tmp_path / "results.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "](results.svg)" in table
+    streamscribe = results["systems"]["streamscribe"]
+    assert len(streamscribe["arrivals"]) == streamscribe["segments"]
+    assert streamscribe["arrivals"] == sorted(streamscribe["arrivals"])
+    assert streamscribe["arrivals"][0] == streamscribe["first_segment_s"]
+    done = streamscribe["child_done"]
+    assert sum(done["batch_sizes"].values()) >= 1 and done["redecoded_segments"] >= 0
+    assert "| streamscribe | batch " in table
+
 
 def test_the_mixed_input_counts_words_inside_non_speech(tmp_path: Path) -> None:
     """The mixed input is the tests' recipe at bench size, and only a piece lying inside a

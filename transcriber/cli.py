@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import TextIO
 
 from transcriber import clock, formats
-from transcriber.engine import ENGINES, EngineConfig, EngineError, TranscribeOptions, resolve_model
+from transcriber.engine import (
+    DEFAULT_BATCH_SIZE,
+    ENGINES,
+    EngineConfig,
+    EngineError,
+    TranscribeOptions,
+    resolve_model,
+)
 from transcriber.events import (
     Done,
     Event,
@@ -81,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_words_per_line", type=_positive_int, help="srt/vtt: words per line (default: no limit)")
     add("--highlight_words", type=_boolean, nargs="?", const=True, default=False, metavar="BOOL",
         help="srt/vtt: one cue per word, the spoken word underlined")  # fmt: skip
+    add("--batch_size", "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+        help="segments one worker decodes in one engine call (default: %(default)s); "
+        "1 decodes each alone")  # fmt: skip
     add("--workers", type=_natural_int,
         help="worker processes (0: in this process; default: fill the CPU cores)")  # fmt: skip
     add("--threads", type=_positive_int, help="threads per worker (default: 1 on up to 4 cores)")
@@ -295,6 +305,7 @@ async def _options(args: argparse.Namespace) -> PipelineOptions:
             task=args.task,
             beam_size=args.beam_size,
             word_timestamps=word_timestamps(args),
+            batch_size=args.batch_size,
         ),
         mode=args.mode,
         max_duration=args.max_duration,

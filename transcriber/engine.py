@@ -12,14 +12,16 @@ loaded engines per process so each worker loads its model once, not once per seg
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +74,11 @@ class EngineConfig:
     download_root: str | None = None
 
 
+#: Segments one engine call may decode together unless told otherwise (``--batch_size``,
+#: ``STREAMSCRIBE_BATCH_SIZE``, a request's ``batch_size``); tuned on the bench (bench/NOTES.md).
+DEFAULT_BATCH_SIZE = 2
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
     """Decoding options, in whisper's CLI vocabulary."""
@@ -90,6 +97,9 @@ class TranscribeOptions:
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
+    #: Segments decoded together in one engine call where a mapper has several ready
+    #: (:func:`transcribe_batch`); 1 decodes each alone (:meth:`Engine.transcribe`).
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -118,6 +128,10 @@ class Engine(Protocol):
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> list[Piece]:
         """16 kHz mono float32 -> pieces (relative times), guards applied."""
+        ...
+
+    def decode_batch(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[BatchDecode]:
+        """Segments of live audio -> one decode each at the first temperature, no guards."""
         ...
 
 
@@ -244,6 +258,141 @@ def _is_digital_silence(audio: np.ndarray) -> bool:
     """Nothing to decode: Whisper run on near-zero input is where "Thank you." comes from."""
     return audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENCE_RMS
 
+
+
+# --------------------------------------------------------------------------- batched decoding
+
+#: Time per timestamp token (whisper's 2 mel frames of 10 ms).
+TIME_PRECISION = 0.02
+#: Shorter live audio goes alone: a batch element needs a place of its own on the joined
+#: timeline, and such a sliver is cheaper decoded once than padded into a batch.
+MIN_BATCH_SECONDS = 0.1
+
+
+@dataclass
+class BatchDecode:
+    """One batch element as the decoder left it: pieces (segment-relative, no guards yet) and
+    the element's scores, which whisper's thresholds judge as a whole."""
+
+    pieces: list[Piece] = field(default_factory=list)
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 1.0
+    #: Seconds into the audio where the decoder stopped short (its last piece unfinished):
+    #: the rest is decoded in a next round, as whisper's next window. None: done.
+    resume_at: float | None = None
+
+
+@dataclass
+class Transcribed:
+    """One segment of a batch: its guarded pieces, and whether it was decoded again alone."""
+
+    pieces: list[Piece]
+    redecoded: bool = False
+
+
+def compression_ratio(text: str) -> float:
+    """whisper's repetition measure: bytes of the text over bytes of its zlib stream."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 1.0
+
+
+def needs_fallback(decode: BatchDecode, options: TranscribeOptions) -> bool:
+    """whisper's test for trying the next temperature: too repetitive, or too unsure unless the
+    window is no speech (then an unsure decode is expected and gets dropped by the guards)."""
+    if not decode.pieces:
+        return False
+    ratio = options.compression_ratio_threshold
+    floor = options.log_prob_threshold
+    if ratio is not None and decode.compression_ratio > ratio:
+        return True
+    if floor is None or decode.avg_logprob >= floor:
+        return False
+    quiet = options.no_speech_threshold is not None and decode.no_speech_prob > options.no_speech_threshold
+    return not quiet
+
+
+def split_by_timestamps(
+    tokens: Sequence[int], timestamp_begin: int, seconds: float
+) -> tuple[list[tuple[float, float, list[int]]], float | None]:
+    """whisper's cut of one window's tokens into ``(start, end, tokens)`` pieces at timestamp
+    pairs, and where whisper would decode the next window from (None: the window is done).
+
+    As in whisper's own loop, an unfinished last piece (text after the last pair, with no
+    single closing timestamp) is not kept: the next window starts at the last timestamp and
+    decodes it again. With no pair at all the window is one piece and done.
+    """
+    tokens = list(tokens)
+    is_time = [t >= timestamp_begin for t in tokens]
+    single_ending = is_time[-2:] == [False, True]
+    cuts = [i for i in range(1, len(tokens)) if is_time[i] and is_time[i - 1]]
+    if not cuts:
+        times = [t for t in tokens if t >= timestamp_begin]
+        end = seconds
+        if times and times[-1] != timestamp_begin:
+            end = (times[-1] - timestamp_begin) * TIME_PRECISION
+        return ([(0.0, end, tokens)] if tokens else []), None
+    if single_ending:
+        cuts.append(len(tokens))
+    pieces, last = [], 0
+    for cut in cuts:
+        part = tokens[last:cut]
+        start = (part[0] - timestamp_begin) * TIME_PRECISION
+        end = (part[-1] - timestamp_begin) * TIME_PRECISION
+        pieces.append((start, end, part))
+        last = cut
+    resume = None if single_ending else (tokens[last - 1] - timestamp_begin) * TIME_PRECISION
+    return pieces, resume
+
+
+def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[Transcribed]:
+    """Several segments through one encoder pass and one batched decode; one result each.
+
+    - digital silence gets no pieces and slivers (< :data:`MIN_BATCH_SECONDS`) go alone, as
+      does a batch of one: :meth:`Engine.transcribe`, today's per-segment path, exactly;
+    - the others are decoded together at the first temperature, with timestamp tokens; where
+      the decoder stopped short of a segment's end (whisper would seek on), the rest of those
+      segments is decoded in a next, smaller batch, as whisper's next window;
+    - an element that fails whisper's thresholds (:func:`needs_fallback`) is decoded again
+      alone with the full temperature fallback (``redecoded``); its batch-mates keep theirs;
+    - the no-speech rule and the hallucination guards (:func:`apply_guards`) apply per segment.
+    """
+    audios = [_as_samples(a) for a in audios]
+    results: list[Transcribed | None] = [None] * len(audios)
+    together = []
+    for i, audio in enumerate(audios):
+        if _is_digital_silence(audio):
+            results[i] = Transcribed([])
+        elif len(audio) >= MIN_BATCH_SECONDS * SAMPLE_RATE:
+            together.append(i)
+    if len(together) > 1:
+        fallback = len(options.temperatures) > 1
+        pieces: dict[int, list[Piece]] = {i: [] for i in together}
+        offsets = dict.fromkeys(together, 0.0)
+        pending, failed = list(together), set()
+        while pending:
+            chunks = [audios[i][int(offsets[i] * SAMPLE_RATE) :] for i in pending]
+            decodes = engine.decode_batch(chunks, options)
+            still = []
+            for i, chunk, decode in zip(pending, chunks, decodes, strict=True):
+                if fallback and needs_fallback(decode, options):
+                    failed.add(i)  # decoded alone below
+                    continue
+                pieces[i] += [_shifted(p, offsets[i]) for p in decode.pieces]
+                rest = len(chunk) / SAMPLE_RATE - (decode.resume_at or 0.0)
+                if decode.resume_at and rest >= MIN_BATCH_SECONDS and not _is_digital_silence(
+                    chunk[int(decode.resume_at * SAMPLE_RATE) :]
+                ):
+                    offsets[i] += decode.resume_at
+                    still.append(i)
+            pending = still
+        for i in together:
+            if i not in failed:
+                results[i] = Transcribed(apply_guards(pieces[i], options, len(audios[i]) / SAMPLE_RATE))
+    for i, audio in enumerate(audios):
+        if results[i] is None:
+            results[i] = Transcribed(engine.transcribe(audio, options), redecoded=len(together) > 1 and i in together)
+    return results  # type: ignore[return-value]
 
 # --------------------------------------------------------------------------- model resolution
 
@@ -373,7 +522,6 @@ class FasterWhisperEngine:
             )
         except Exception as err:  # hub errors, corrupt files, unsupported compute types
             raise _load_error(config, err) from err
-        self._batched: Any = None  # a BatchedInferencePipeline, made on first use
 
     def _kwargs(self, options: TranscribeOptions, seconds: float) -> dict:
         return dict(
@@ -400,47 +548,92 @@ class FasterWhisperEngine:
         pieces = [_piece_from_faster(s) for s in segments]  # the generator decodes lazily
         return apply_guards(pieces, options, len(audio) / SAMPLE_RATE)
 
-    def transcribe_batch(
-        self, audios: Sequence[np.ndarray], options: TranscribeOptions, batch_size: int = 8
-    ) -> list[list[Piece]]:
-        """Several segments (each at most 30 s) decoded as one GPU batch.
+    def decode_batch(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[BatchDecode]:
+        """One encoder pass and one beam search for several segments (each at most 30 s), at
+        the first temperature, with timestamp tokens; see :func:`transcribe_batch`.
 
-        Uses ``faster_whisper.BatchedInferencePipeline``: the segments are laid end to end and
-        given as ``clip_timestamps``, so each becomes one batch element, with one piece per
-        segment (no timestamp tokens). It is faster on a GPU but has no temperature fallback
-        (one decode per segment) and every element gets the same ``initial_prompt``; on CPU,
-        :meth:`transcribe` per segment is as fast. Digital silence is skipped as in transcribe.
+        What faster-whisper's ``BatchedInferencePipeline`` does (stacked 30 s feature windows,
+        one ``generate`` over all), with the single path's decoding settings (the first
+        timestamp within 1 s, the same token budget) and whisper's resume point per element.
         """
-        from faster_whisper import BatchedInferencePipeline
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
 
-        if self._batched is None:
-            self._batched = BatchedInferencePipeline(self.model)
-        audios = [_as_samples(a) for a in audios]
-        results: list[list[Piece]] = [[] for _ in audios]
-        live = [i for i, a in enumerate(audios) if not _is_digital_silence(a)]
-        if not live:
-            return results
-        offsets, clips, position = [], [], 0
-        for i in live:
-            offsets.append(position)
-            clips.append({"start": position / SAMPLE_RATE, "end": (position + len(audios[i])) / SAMPLE_RATE})
-            position += len(audios[i])
-        # The batched pipeline decodes once, at the first temperature, and ignores the VAD flag
-        # when given clips; the other options mean what they mean for transcribe().
-        segments, _info = self._batched.transcribe(
-            np.concatenate([audios[i] for i in live]),
-            clip_timestamps=clips,
-            batch_size=batch_size,
-            **self._kwargs(options, max(len(audios[i]) for i in live) / SAMPLE_RATE),
+        model = self.model
+        seconds = [len(a) / SAMPLE_RATE for a in audios]
+        features = np.stack([pad_or_trim(model.feature_extractor(a)[..., :-1]) for a in audios])
+        language = options.language or ("en" if not model.model.is_multilingual else None)
+        encoder_output = model.encode(features)
+        if language is None:  # detect per segment, as the single path does for each
+            detected = model.model.detect_language(encoder_output)
+            languages = [langs[0][0][2:-2] for langs in detected]
+        else:
+            languages = [language] * len(audios)
+        tokenizers, prompts = [], []
+        for lang in languages:
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=options.task, language=lang)
+            previous = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+            tokenizers.append(tokenizer)
+            prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
+        temperature = options.temperatures[0]
+        sampling = (
+            {"beam_size": 1, "num_hypotheses": BEST_OF, "sampling_topk": 0, "sampling_temperature": temperature}
+            if temperature > 0
+            else {"beam_size": options.beam_size, "patience": 1}
         )
-        starts = np.array(offsets) / SAMPLE_RATE
-        grouped: dict[int, list[Piece]] = {i: [] for i in live}
-        for segment in segments:
-            k = max(int(np.searchsorted(starts, segment.start + 1e-3, side="right")) - 1, 0)
-            grouped[live[k]].append(_shifted(_piece_from_faster(segment), -float(starts[k])))
-        for i, pieces in grouped.items():
-            results[i] = apply_guards(pieces, options, len(audios[i]) / SAMPLE_RATE)
-        return results
+        results = model.model.generate(
+            encoder_output,
+            prompts,
+            length_penalty=1,
+            max_length=max(len(p) for p in prompts) + token_budget(max(seconds)),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
+            max_initial_timestamp_index=int(round(1.0 / TIME_PRECISION)),
+            **sampling,
+        )
+        decodes, cuts = [], []
+        for tokenizer, duration, result in zip(tokenizers, seconds, results, strict=True):
+            tokens = result.sequences_ids[0]
+            cut, resume = split_by_timestamps(tokens, tokenizer.timestamp_begin, duration)
+            cuts.append(cut)
+            text = tokenizer.decode(tokens)
+            decodes.append(
+                BatchDecode(
+                    pieces=[Piece(start, end, tokenizer.decode(part)) for start, end, part in cut],
+                    avg_logprob=result.scores[0] * len(tokens) / (len(tokens) + 1),
+                    no_speech_prob=result.no_speech_prob,
+                    compression_ratio=compression_ratio(text.strip()),
+                    resume_at=resume,
+                )
+            )
+        if options.word_timestamps:
+            self._add_words(decodes, cuts, tokenizers[0], encoder_output, seconds)
+        return decodes
+
+    def _add_words(self, decodes, cuts, tokenizer, encoder_output, seconds) -> None:
+        """Word times by faster-whisper's alignment over the batch's encoder output."""
+        segments = [
+            [{"start": s, "end": e, "tokens": part, "seek": 0} for s, e, part in cut] for cut in cuts
+        ]
+        self.model.add_word_timestamps(
+            segments,
+            tokenizer,
+            encoder_output,
+            [min(3000, int(round(d * self.model.frames_per_second))) for d in seconds],
+            "\"'“¿([{-",
+            "\"'.。,，!！?？:：”)]}、",
+            0.0,
+        )
+        for decode, done in zip(decodes, segments, strict=True):
+            for piece, segment in zip(decode.pieces, done, strict=True):
+                piece.start, piece.end = float(segment["start"]), float(segment["end"])
+                piece.words = [
+                    Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
+                    for w in segment.get("words", [])
+                ]
 
 
 def _piece_from_faster(segment) -> Piece:
@@ -459,8 +652,13 @@ def _piece_from_faster(segment) -> Piece:
 
 
 def _shifted(piece: Piece, delta: float) -> Piece:
-    words = piece.words and [replace(w, start=w.start + delta, end=w.end + delta) for w in piece.words]
-    return replace(piece, start=piece.start + delta, end=piece.end + delta, words=words)
+    """``piece`` moved by ``delta`` seconds, to the millisecond the pipeline rounds to."""
+
+    def at(t: float) -> float:
+        return round(t + delta, 3)
+
+    words = piece.words and [replace(w, start=at(w.start), end=at(w.end)) for w in piece.words]
+    return replace(piece, start=at(piece.start), end=at(piece.end), words=words)
 
 
 class OpenAIWhisperEngine:
@@ -520,6 +718,116 @@ class OpenAIWhisperEngine:
             for s in result["segments"]
         ]
         return apply_guards(pieces, options, len(audio) / SAMPLE_RATE)
+
+
+    def decode_batch(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[BatchDecode]:
+        """``whisper.decode`` on a stacked batch of 30 s mel windows, at the first temperature,
+        with timestamp tokens; see :func:`transcribe_batch`."""
+        import torch
+        import whisper
+        from whisper.audio import N_FRAMES, N_SAMPLES
+
+        model = self.model
+        mels = []
+        for audio in audios:
+            # As whisper.transcribe does: the mel of the audio padded by 30 s, cut to the
+            # content, then padded with zeros to one 30 s window.
+            mel = whisper.log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
+            content = min(N_FRAMES, mel.shape[-1] - N_FRAMES)
+            mels.append(whisper.pad_or_trim(mel[:, :content], N_FRAMES))
+        batch = torch.stack(mels).to(model.device, dtype=torch.float16 if self.fp16 else torch.float32)
+        # An English-only model has no language tokens to detect with.
+        language = options.language or (None if model.is_multilingual else "en")
+        tokenizer = self._tokenizer(language, options)
+        prompt = None
+        if options.initial_prompt:
+            prompt = tokenizer.encode(" " + options.initial_prompt.strip())
+        decoding = whisper.DecodingOptions(
+            task=options.task,
+            language=language,
+            temperature=options.temperatures[0],
+            sample_len=token_budget(max(len(a) for a in audios) / SAMPLE_RATE),
+            beam_size=options.beam_size if options.beam_size > 1 else None,
+            best_of=BEST_OF if options.temperatures[0] > 0 else None,
+            prompt=prompt,
+            fp16=self.fp16,
+        )
+        with self._lock, torch.no_grad():
+            results = _batch_task_class()(model, decoding).run(batch)
+        decodes = []
+        for audio, mel, result in zip(audios, mels, results, strict=True):
+            seconds = len(audio) / SAMPLE_RATE
+            tokenizer = self._tokenizer(result.language, options)
+            cut, resume = split_by_timestamps(result.tokens, tokenizer.timestamp_begin, seconds)
+            pieces = [
+                Piece(start, end, tokenizer.decode([t for t in tokens if t < tokenizer.eot]), words=None)
+                for start, end, tokens in cut
+            ]
+            if options.word_timestamps and pieces:
+                pieces = self._with_words(pieces, cut, tokenizer, mel, seconds)
+            decodes.append(
+                BatchDecode(pieces, result.avg_logprob, result.no_speech_prob, result.compression_ratio, resume)
+            )
+        return decodes
+
+    def _tokenizer(self, language: str | None, options: TranscribeOptions):
+        from whisper.tokenizer import get_tokenizer
+
+        model = self.model
+        return get_tokenizer(
+            model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
+        )
+
+    def _with_words(self, pieces: list[Piece], cut: list[tuple], tokenizer, mel, seconds: float) -> list[Piece]:
+        """Word times by whisper's cross-attention alignment, one segment at a time."""
+        from whisper.timing import add_word_timestamps
+
+        segments: list[dict[str, Any]] = [
+            {"seek": 0, "start": p.start, "end": p.end, "tokens": list(tokens), "text": p.text}
+            for p, (_s, _e, tokens) in zip(pieces, cut, strict=True)
+        ]
+        with self._lock:
+            add_word_timestamps(
+                segments=segments,
+                model=self.model,
+                tokenizer=tokenizer,
+                mel=mel.to(self.model.device),
+                num_frames=min(int(seconds * 100), mel.shape[-1]),
+                last_speech_timestamp=0.0,
+            )
+        return [
+            replace(
+                p,
+                start=float(s["start"]),
+                end=float(s["end"]),
+                words=[
+                    Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
+                    for w in s.get("words", [])
+                ],
+            )
+            for p, s in zip(pieces, segments, strict=True)
+        ]
+
+
+@functools.cache
+def _batch_task_class():
+    """whisper's ``DecodingTask``, fixed for beam search over a batch of audio.
+
+    whisper (20250625) repeats each audio's text tokens once per beam but not its encoder
+    output, so a batch of n audios with 5 beams attends 5n token rows to n feature rows and
+    fails (one audio works only by broadcasting). Repeating the features per beam is what the
+    rest of ``run`` already expects (it takes every n-th row back afterwards).
+    """
+    from whisper.decoding import DecodingTask
+
+    class BatchDecodingTask(DecodingTask):
+        def _get_audio_features(self, mel):
+            return super()._get_audio_features(mel).repeat_interleave(self.n_group, dim=0)
+
+        def _detect_language(self, audio_features, tokens):
+            return super()._detect_language(audio_features[:: self.n_group], tokens)
+
+    return BatchDecodingTask
 
 
 def _load_openai_model(model: str, device: str, download_root: str | None):

@@ -94,6 +94,11 @@ class Done:
     #: Pieces the speech gate dropped as non-speech (text over music or noise, or one of
     #: Whisper's stock phrases where the VAD heard no speech); logged at debug level.
     dropped_pieces: int = 0
+    #: Segments whose batched decode failed whisper's thresholds and were decoded again alone.
+    redecoded_segments: int = 0
+    #: Segments transcribed per engine-call batch size (``{1: 3, 4: 20}``: 3 alone, 20 in
+    #: batches of 4).
+    batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -244,6 +244,16 @@ class _Tally:
     reused: int = 0
     #: Pieces the speech gate dropped.
     dropped: int = 0
+    #: Segments decoded again alone after their batched decode failed whisper's thresholds,
+    #: and how many segments went through engine calls of each batch size.
+    redecoded: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    def engine_call(self, result: SegmentResult) -> None:
+        """Count how ``result`` was decoded (batched, re-decoded alone)."""
+        if not (result.silent or result.error):
+            self.batch_sizes[result.batch] = self.batch_sizes.get(result.batch, 0) + 1
+        self.redecoded += int(result.redecoded)
 
     def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
         """Count a segment sent; ``fresh`` when this run transcribed it (not reused)."""
@@ -362,6 +372,7 @@ async def transcribe_stream(
                 case Transcribed(result):
                     event, fresh = _segment_event(result), True
                     tally.dropped += result.dropped
+                    tally.engine_call(result)
                 case Reused(stored):
                     event, fresh = stored, False
                 case DecodeEnded():
@@ -496,6 +507,8 @@ def _done(tally: _Tally, feed: _DecodeFeed) -> Done:
         failed_segments=sorted(tally.failed),
         reused_segments=tally.reused,
         dropped_pieces=tally.dropped,
+        redecoded_segments=tally.redecoded,
+        batch_sizes=dict(sorted(tally.batch_sizes.items())),
     )
 
 

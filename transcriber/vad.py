@@ -306,31 +306,62 @@ class Gated:
     dropped: int = 0
 
 
-def transcribe_gated(engine, audio: np.ndarray, options, speech: SpeechMap | None) -> Gated:
-    """``engine.transcribe`` with the gate: only the speech regions are decoded (laid end to
-    end, times mapped back exactly), and what still looks like non-speech is dropped.
+@dataclass
+class GatePlan:
+    """What the engine decodes for one segment under the gate, and how its pieces come back.
 
-    Without a speech map (the gate is off) this is ``engine.transcribe`` itself.
+    The two halves of :func:`transcribe_gated`, split so a batched engine call
+    (:func:`transcriber.fanout.run_batch`) gates each of its segments the same way.
     """
+
+    #: The samples to decode: the segment itself, or its speech regions laid end to end.
+    audio: np.ndarray
+    speech: SpeechMap | None = None
+    #: Maps times in ``audio`` back to the segment (None: they are the segment's already).
+    to_segment: Any = None
+
+
+def plan_gate(audio: np.ndarray, speech: SpeechMap | None) -> GatePlan | None:
+    """The audio the engine should decode for a segment; None when nothing is speech."""
     if speech is None:
-        return Gated(engine.transcribe(audio, options))
+        return GatePlan(audio)
     duration = len(audio) / SAMPLE_RATE
     if not speech.regions:  # a silent job: run_job does not get here, but a direct caller may
-        return Gated([])
+        return None
     if speech.regions == ((0.0, round(duration, 3)),):  # speech all through: nothing to cut
-        pieces = engine.transcribe(audio, options)
-    else:
-        compact, to_segment = speech.compacted(audio)
-        pieces = [to_segment.piece(p) for p in engine.transcribe(compact, options)]
+        return GatePlan(audio, speech)
+    compact, to_segment = speech.compacted(audio)
+    return GatePlan(compact, speech, to_segment)
+
+
+def finish_gate(plan: GatePlan | None, pieces: list, language: str | None) -> Gated:
+    """The engine's pieces for ``plan`` on the segment's timeline, non-speech dropped."""
+    if plan is None:
+        return Gated([])
+    if plan.to_segment is not None:
+        pieces = [plan.to_segment.piece(p) for p in pieces]
+    if plan.speech is None:
+        return Gated(pieces)
     kept, dropped = [], 0
     for piece in pieces:
-        reason = drop_reason(piece, speech, options.language)
+        reason = drop_reason(piece, plan.speech, language)
         if reason is None:
             kept.append(piece)
         else:
             dropped += 1
             log.debug("speech gate dropped %r at %.2f-%.2f s: %s", piece.text, piece.start, piece.end, reason)
     return Gated(kept, dropped)
+
+
+def transcribe_gated(engine, audio: np.ndarray, options, speech: SpeechMap | None) -> Gated:
+    """``engine.transcribe`` with the gate: only the speech regions are decoded (laid end to
+    end, times mapped back exactly), and what still looks like non-speech is dropped.
+
+    Without a speech map (the gate is off) this is ``engine.transcribe`` itself.
+    """
+    plan = plan_gate(audio, speech)
+    pieces = engine.transcribe(plan.audio, options) if plan is not None else []
+    return finish_gate(plan, pieces, options.language)
 
 
 def drop_reason(piece, speech: SpeechMap, language: str | None) -> str | None:

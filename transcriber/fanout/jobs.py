@@ -68,6 +68,11 @@ class SegmentResult:
     attempts: int = 1
     #: Pieces the speech gate dropped (non-speech, see :mod:`transcriber.vad`).
     dropped: int = 0
+    #: How many segments shared its engine call (1: decoded alone, :func:`run_job`).
+    batch: int = 1
+    #: Its batched decode failed whisper's thresholds, so it was decoded again alone with the
+    #: temperature fallback (:func:`transcriber.engine.transcribe_batch`).
+    redecoded: bool = False
 
     @property
     def text(self) -> str:
@@ -119,6 +124,59 @@ def run_job(job: SegmentJob) -> SegmentResult:
             log.debug("segment %d failed", job.index, exc_info=True)
     result.elapsed = time.perf_counter() - began
     return result
+
+
+def batchable(first: SegmentJob, job: SegmentJob) -> bool:
+    """Whether ``job`` may share an engine call with ``first``: same weights and options, room
+    in ``first``'s batch size, and neither is a job's first segment (that one goes alone, so
+    the first text never waits for a batch) or silent (no engine call at all)."""
+    return (
+        first.options.batch_size > 1
+        and job.engine == first.engine
+        and job.options == first.options
+        and 0 not in (first.index, job.index)
+        and not (first.silent or job.silent)
+    )
+
+
+def run_batch(jobs: list[SegmentJob], tries: int = 2) -> list[SegmentResult]:
+    """Transcribe several jobs (:func:`batchable` with the first) in one engine call.
+
+    The batched counterpart of :func:`run_job` for every transport (a pool worker, a Modal GPU
+    container): one encoder pass and one decode for all, a per-segment fallback for those
+    that fail whisper's thresholds; one :class:`SegmentResult` per job, in order. One job is
+    :func:`run_job_retrying` exactly; if the batched call raises, each job is run alone.
+    """
+    if len(jobs) <= 1:
+        return [run_job_retrying(job, tries) for job in jobs]
+    began = time.perf_counter()
+    try:
+        from transcriber.engine import get_engine, transcribe_batch
+        from transcriber.vad import finish_gate, plan_gate
+
+        for job in jobs:
+            faults.inject(job.index)
+        first = jobs[0]
+        # The speech gate as in run_job: each segment's speech regions, laid end to end, are
+        # what the engine decodes; their pieces go back to the segment's timeline after.
+        plans = [plan_gate(job.audio, job.speech) for job in jobs]
+        live = {i: plan.audio for i, plan in enumerate(plans) if plan is not None}
+        decoded = transcribe_batch(get_engine(first.engine), list(live.values()), first.options)
+        outcome = dict(zip(live, decoded, strict=True))
+    except Exception:  # one bad segment must not fail its batch-mates: each goes alone
+        log.warning("a batch of %d segments failed; running them one by one", len(jobs), exc_info=True)
+        return [run_job_retrying(job, tries) for job in jobs]
+    elapsed = (time.perf_counter() - began) / len(jobs)
+    results = []
+    for i, job in enumerate(jobs):
+        result = SegmentResult(job.index, job.start, job.end, elapsed=elapsed, batch=len(jobs))
+        done = outcome.get(i)
+        gated = finish_gate(plans[i], done.pieces if done else [], first.options.language)
+        result.pieces = [_absolute(p, job.start, job.end) for p in gated.pieces]
+        result.dropped = gated.dropped
+        result.redecoded = bool(done and done.redecoded)
+        results.append(result)
+    return results
 
 
 def run_job_retrying(job: SegmentJob, tries: int = 2) -> SegmentResult:

@@ -12,6 +12,7 @@ map's queued jobs are dropped, and closing the pool kills exactly its own proces
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import ctypes
 import dataclasses
@@ -31,7 +32,13 @@ from typing import Any
 
 from transcriber import exit_cause
 from transcriber.engine import EngineConfig
-from transcriber.fanout.jobs import SegmentJob, SegmentResult, run_job_retrying
+from transcriber.fanout.jobs import (
+    SegmentJob,
+    SegmentResult,
+    batchable,
+    run_batch,
+    run_job_retrying,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +125,12 @@ def _worker_main(
             return
         if job is None:
             return
-        job = dataclasses.replace(job, engine=_with_threads(job.engine, threads))
-        result = run_job_retrying(job, engine_tries)
+        if isinstance(job, list):  # a batch: one engine call, a list of results back
+            jobs = [dataclasses.replace(j, engine=_with_threads(j.engine, threads)) for j in job]
+            result: SegmentResult | list[SegmentResult] = run_batch(jobs, engine_tries)
+        else:
+            job = dataclasses.replace(job, engine=_with_threads(job.engine, threads))
+            result = run_job_retrying(job, engine_tries)
         try:
             conn.send(result)
         except OSError:
@@ -162,6 +173,45 @@ class _Worker:
 _DIED, _STOPPED = object(), object()
 
 
+class _TaskQueue:
+    """First come, first served, except that a driver may take ready tasks that can share
+    its task's engine call (:func:`batchable`) from anywhere in the queue."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[_Task | None] = collections.deque()
+        self._ready = threading.Condition()
+
+    def put(self, item: _Task | None) -> None:
+        with self._ready:
+            self._items.append(item)
+            self._ready.notify()
+
+    def get(self) -> _Task | None:
+        with self._ready:
+            while not self._items:
+                self._ready.wait()
+            return self._items.popleft()
+
+    def get_nowait(self) -> _Task | None:
+        with self._ready:
+            if not self._items:
+                raise queue.Empty
+            return self._items.popleft()
+
+    def mates(self, first: _Task) -> list[_Task]:
+        """Up to ``batch_size - 1`` queued tasks that can join ``first``; never waits for more."""
+        room = first.job.options.batch_size - 1
+        taken: list[_Task] = []
+        with self._ready:
+            for item in list(self._items):
+                if len(taken) >= room:
+                    break
+                if item is not None and not item.future.done() and batchable(first.job, item.job):
+                    self._items.remove(item)
+                    taken.append(item)
+        return taken
+
+
 class LocalPoolMapper:
     """Worker processes on this machine, each with the engine loaded once.
 
@@ -172,8 +222,12 @@ class LocalPoolMapper:
 
     One pool may serve several concurrent :meth:`map` calls (a web server shares one across
     requests). Each map keeps at most ``max_in_flight`` jobs submitted (default ``2 × workers``:
-    one running and one queued per worker) and stops pulling jobs until one finishes, which is
-    the backpressure on its job iterator. Jobs of all maps are served first come, first served.
+    one running and one queued per worker; with a ``batch_size`` above 1, a batch queued per
+    worker) and stops pulling jobs until one finishes, which is the backpressure on its job
+    iterator. Jobs of all maps are served first come, first served; a worker that takes a job
+    takes with it up to ``batch_size - 1`` queued jobs that may share its engine call
+    (:func:`~transcriber.fanout.jobs.batchable`: never a job's first segment), without waiting
+    for more, and sends them as one message (:func:`~transcriber.fanout.jobs.run_batch`).
 
     A worker that dies mid-segment (a signal, an OOM kill) is replaced and the segment retried,
     up to ``max_attempts`` tries in all, after which it comes back as an error result; an engine
@@ -205,17 +259,19 @@ class LocalPoolMapper:
             raise ValueError("workers and threads must be at least 1")
         self.workers, self.threads = workers, threads
         self.max_in_flight = max_in_flight or 2 * workers
+        #: None: the limit grows with a job's batch size (see :meth:`in_flight_limit`).
+        self._given_in_flight = max_in_flight
         self.preload = preload
         self.max_attempts, self.engine_tries = max_attempts, engine_tries
         self._ctx: Any = multiprocessing.get_context(context)  # typeshed: BaseContext has no Process
-        self._queue: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._queue = _TaskQueue()
         self._lock = threading.Lock()
         self._spawn_lock = threading.Lock()
         self._drivers: list[threading.Thread] = []
         self._live: dict[int, tuple[_Worker, _Task | None]] = {}
         self._closing = threading.Event()
         self._stats = dict.fromkeys(
-            ("submitted", "started", "completed", "failed", "cancelled", "retried", "spawned"), 0
+            ("submitted", "started", "completed", "failed", "cancelled", "retried", "spawned", "batches", "redecoded"), 0
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -278,7 +334,9 @@ class LocalPoolMapper:
 
     def stats(self) -> dict[str, int]:
         """Counters since start: submitted, started, completed, failed, cancelled (dropped
-        from the queue, or killed while running), retried, spawned; and right now: ``workers`` (processes ready for work: their model is loaded)
+        from the queue, or killed while running), retried, spawned, batches (engine calls of
+        more than one segment), redecoded (segments whose batched decode failed whisper's
+        thresholds and were decoded again alone); and right now: ``workers`` (processes ready for work: their model is loaded)
         and ``busy`` (those on a segment).
 
         ``completed + failed`` is the number of segments the workers actually ran (a server's
@@ -318,9 +376,10 @@ class LocalPoolMapper:
         pending: dict[asyncio.Future, _Task] = {}
         next_job: asyncio.Future | None = None
         exhausted = False
+        limit = self.max_in_flight
         try:
             while True:
-                if not exhausted and next_job is None and len(pending) < self.max_in_flight:
+                if not exhausted and next_job is None and len(pending) < limit:
                     next_job = asyncio.ensure_future(anext(source))
                 waiting = set(pending) | ({next_job} if next_job is not None else set())
                 if not waiting:
@@ -333,6 +392,7 @@ class LocalPoolMapper:
                     except StopAsyncIteration:
                         exhausted = True
                     else:
+                        limit = self.in_flight_limit(job)
                         task = self._submit(job)
                         pending[asyncio.wrap_future(task.future)] = task
                 for result in done:
@@ -348,6 +408,13 @@ class LocalPoolMapper:
                 await asyncio.gather(next_job, return_exceptions=True)
             if hasattr(source, "aclose"):
                 await source.aclose()
+
+    def in_flight_limit(self, job: SegmentJob) -> int:
+        """One running and one queued per worker, or, for batches, a full batch queued per
+        worker so that a free worker finds its batch ready (the queue is what batches form from)."""
+        if self._given_in_flight is not None:
+            return self._given_in_flight
+        return max(self.max_in_flight, self.workers * (job.options.batch_size + 1))
 
     # -- the driver threads -------------------------------------------------------------------
 
@@ -379,15 +446,18 @@ class LocalPoolMapper:
                     if task is not None:
                         task.future.cancel()
                     return
-                if not task.future.set_running_or_notify_cancel():
+                tasks = [t for t in [task, *self._queue.mates(task)] if t.future.set_running_or_notify_cancel()]
+                if not tasks:
                     continue  # its map was closed while it waited
-                self._count("started")
+                self._count("started", len(tasks))
                 try:
-                    result, worker = self._execute(slot, task, worker)
-                except BaseException as exc:  # a bug here must fail the task, not hang the map
-                    task.future.set_exception(exc)
+                    results, worker = self._execute(slot, tasks, worker)
+                except BaseException as exc:  # a bug here must fail the tasks, not hang the map
+                    for t in tasks:
+                        t.future.set_exception(exc)
                     raise
-                task.future.set_result(result)
+                for t, result in zip(tasks, results, strict=True):
+                    t.future.set_result(result)
         finally:
             with self._lock:
                 self._live.pop(slot, None)
@@ -395,9 +465,12 @@ class LocalPoolMapper:
                 worker.stop()
 
     def _execute(
-        self, slot: int, task: _Task, worker: _Worker | None
-    ) -> tuple[SegmentResult, _Worker | None]:
+        self, slot: int, tasks: list[_Task], worker: _Worker | None
+    ) -> tuple[list[SegmentResult], _Worker | None]:
+        """Run ``tasks`` on this slot's worker: one job as itself (today's message), several
+        as one list (one engine call); replace a dead worker and retry, as for one job."""
         deaths = 0
+        message: SegmentJob | list[SegmentJob] = tasks[0].job if len(tasks) == 1 else [t.job for t in tasks]
         while True:
             if worker is None or not worker.ready or not worker.process.is_alive():
                 if worker is not None:
@@ -405,10 +478,10 @@ class LocalPoolMapper:
                 worker = self._start_worker(slot)
             if worker.ready:
                 with self._lock:
-                    self._live[slot] = (worker, task)
+                    self._live[slot] = (worker, tasks[0])
                 try:
-                    worker.conn.send(task.job)
-                    reply = self._await_reply(worker, task)
+                    worker.conn.send(message)
+                    reply = self._await_reply(worker, tasks)
                 except OSError:  # the pipe broke: the worker died before reading the job
                     reply = _DIED
                 finally:
@@ -416,16 +489,20 @@ class LocalPoolMapper:
                         self._live[slot] = (worker, None)
             else:
                 reply = _STOPPED if self._closing.is_set() else _DIED
-            if isinstance(reply, SegmentResult):
-                reply.attempts += deaths
-                self._count("failed" if reply.error else "completed")
-                return reply, worker
-            job = task.job
-            if reply is _STOPPED:  # killed: the pool is closing, or the job was abandoned
+            replies = [reply] if isinstance(reply, SegmentResult) else reply
+            if isinstance(replies, list):
+                if len(replies) > 1:
+                    self._count("batches")
+                for result in replies:
+                    result.attempts += deaths
+                    self._count("failed" if result.error else "completed")
+                    self._count("redecoded", int(result.redecoded))
+                return replies, worker
+            if reply is _STOPPED:  # killed: the pool is closing, or the jobs were abandoned
                 worker.stop()  # reaps it
-                self._count("cancelled")
-                message = "the segment was cancelled"
-                return SegmentResult(job.index, job.start, job.end, error=message), None
+                self._count("cancelled", len(tasks))
+                text = "the segment was cancelled"
+                return [SegmentResult(t.job.index, t.job.start, t.job.end, error=text) for t in tasks], None
             deaths += 1
             worker.process.join(1.0)  # the sentinel fires a moment before the exit status exists
             exitcode = worker.process.exitcode
@@ -436,30 +513,33 @@ class LocalPoolMapper:
             worker.stop()
             worker = None
             if deaths >= self.max_attempts:
-                self._count("failed")
-                message = (
+                self._count("failed", len(tasks))
+                text = (
                     f"the worker transcribing this segment died ({cause}) "
                     f"{deaths} time{'s' if deaths > 1 else ''}; giving up on it"
                     if not broken
                     else f"a worker process could not start ({cause}); see the server log"
                 )
-                return SegmentResult(job.index, job.start, job.end, error=message, attempts=deaths), None
-            log.warning("worker died (%s) on segment %d; retrying it", cause, job.index)
-            self._count("retried")
+                return [
+                    SegmentResult(t.job.index, t.job.start, t.job.end, error=text, attempts=deaths) for t in tasks
+                ], None
+            log.warning("worker died (%s) on segment %s; retrying it", cause, ", ".join(str(t.job.index) for t in tasks))
+            self._count("retried", len(tasks))
 
     def _start_worker(self, slot: int) -> _Worker:
         """A new worker process, returned once it is ready (``preload`` loaded) or gone."""
         worker = self._spawn()
         with self._lock:
             self._live[slot] = (worker, None)
-        reply = self._await_reply(worker, None)
+        reply = self._await_reply(worker, [])
         worker.ready = isinstance(reply, str) and reply == _READY
         return worker
 
-    def _await_reply(self, worker: _Worker, task: _Task | None) -> object:
+    def _await_reply(self, worker: _Worker, tasks: list[_Task]) -> object:
         """The worker's next message, or ``_DIED`` / ``_STOPPED``; polls so that closing the
-        pool (or abandoning ``task`` when its job says ``abandon="kill"``) is noticed within
-        0.2 s, and then kills the worker."""
+        pool (or abandoning ``tasks`` when their jobs say ``abandon="kill"``) is noticed within
+        0.2 s, and then kills the worker. A batch is killed only when every job in it may be:
+        a batch-mate still wanted (another job's segment) keeps the worker running."""
         while True:
             ready = wait_ready([worker.conn, worker.process.sentinel], timeout=0.2)
             if worker.conn in ready:
@@ -469,7 +549,7 @@ class LocalPoolMapper:
                     return _DIED
             if ready:
                 return _DIED
-            kill = task is not None and task.abandoned and task.job.abandon == "kill"
+            kill = bool(tasks) and all(t.abandoned and t.job.abandon == "kill" for t in tasks)
             if self._closing.is_set() or kill:
                 worker.process.kill()
                 return _STOPPED
