@@ -1,4 +1,4 @@
-"""A :class:`~app.store.Store` on a ``modal.Dict``: the Modal deployment's job log.
+"""A :class:`~app.store.Store` on a ``modal.Dict``: the Modal deployment's job (and playlist) log.
 
 A web container's disk goes when the container does; a ``modal.Dict`` is durable, so a job's
 events survive a restart and an interrupted job resumes from its finished segments. The Dict
@@ -14,6 +14,8 @@ key                            value (JSON text, so no pickled class ties the Di
 ``events:<id>``                ``{"last": seq, "firsts": [...]}``: newest seq, each page's first
 ``events:<id>:<page>``         up to :data:`PAGE_SIZE` events ``[seq, type, data]``
 ``lease:<id>:<generation>``    ``{"owner", "expires"}``: which web container runs the job
+``playlist:<id>``              the :class:`~app.store.PlaylistRecord` fields (its entries' job ids)
+``playlist-events:<id>``       a playlist's own log, paged as a job's (``...:<page>`` entries)
 =============================  ================================================================
 
 Appending an event writes its page and the counter in one ``update`` call; reading events
@@ -31,6 +33,9 @@ simply not found (the index lists skip ids whose record is gone). A job's record
 its *early* event pages (a long-interrupted job whose record was read but whose first pages
 were not): such a job cannot be replayed or resumed, and :meth:`ModalDictStore.events` says so
 with :class:`EventsExpired` (HTTP 410) instead of resuming with a hole in its history.
+Playlists follow the same rules with no index at all (one is only looked up by its id): its
+record lives while it is asked for, each view also reads (so refreshes) its entries' jobs, and
+its log pages expire like a job's.
 
 Owner leases. Two web containers can run at once (a rolling redeploy keeps the old one
 streaming while the new one starts), and both see the same Dict. Each job has one owner: the
@@ -54,7 +59,7 @@ from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from app.jobs import JobError
-from app.store import JobRecord, StoredEvent
+from app.store import JobRecord, PlaylistRecord, StoredEvent
 from transcriber.vocab import ACTIVE, FINISHED, JobStatus
 
 log = logging.getLogger("streamscribe.modal_store")
@@ -72,6 +77,7 @@ INDEXED = (*ACTIVE, JobStatus.INTERRUPTED)
 
 _UPDATABLE = ("status", "title", "duration", "source_id", "error")
 _JOB_FIELDS = tuple(f.name for f in fields(JobRecord))
+_PLAYLIST_FIELDS = tuple(f.name for f in fields(PlaylistRecord))
 
 
 class DuplicateEvent(ValueError):
@@ -79,7 +85,7 @@ class DuplicateEvent(ValueError):
 
 
 class UnknownJob(ValueError):
-    """Events for a job the store does not have (they would be orphans nobody can list)."""
+    """Events for a job (or playlist) the store does not have (orphans nobody can list)."""
 
 
 class EventsExpired(JobError):
@@ -100,7 +106,8 @@ class KeyValue(Protocol):
 
 
 class ModalDictStore:
-    """:class:`~app.store.Store` over a ``modal.Dict`` (``modal.Dict.from_name(...)``)."""
+    """:class:`~app.store.Store` and :class:`~app.store.PlaylistStore` over a ``modal.Dict``
+    (``modal.Dict.from_name(...)``)."""
 
     def __init__(
         self,
@@ -116,7 +123,7 @@ class ModalDictStore:
         #: This container's name in the leases it holds.
         self.owner = owner or uuid.uuid4().hex
         self._lock = threading.RLock()
-        #: job id -> (the last page's events, the job's counter): where appends go.
+        #: log key -> (the last page's events, the log's counter): where appends go.
         self._tails: OrderedDict[str, tuple[list, dict]] = OrderedDict()
         #: job id -> the lease generation this container holds.
         self._held: dict[str, int] = {}
@@ -204,31 +211,33 @@ class ModalDictStore:
         return sorted(jobs, key=lambda j: j.created)
 
     # -- events ----------------------------------------------------------------------------
+    # One paged log per owner: a job's under ``events:<id>``, a playlist's under
+    # ``playlist-events:<id>``; the same counter, pages and tail cache serve both.
 
-    def _counter(self, job_id: str) -> dict:
-        return self._read(f"events:{job_id}", {"last": 0, "firsts": []})
+    def _counter(self, log_key: str) -> dict:
+        return self._read(log_key, {"last": 0, "firsts": []})
 
-    def _tail(self, job_id: str) -> tuple[list, dict]:
-        tail = self._tails.get(job_id)
+    def _tail(self, log_key: str, record_key: str) -> tuple[list, dict]:
+        tail = self._tails.get(log_key)
         if tail is None:
-            if self.kv.get(f"job:{job_id}") is None:
-                raise UnknownJob(f"no job {job_id}: events belong to a job made by create_job")
-            counter = self._counter(job_id)
+            if self.kv.get(record_key) is None:
+                raise UnknownJob(f"no {record_key}: events belong to a job or playlist made first")
+            counter = self._counter(log_key)
             page = len(counter["firsts"]) - 1
-            events = self._read(f"events:{job_id}:{page}", []) if page >= 0 else []
+            events = self._read(f"{log_key}:{page}", []) if page >= 0 else []
             tail = (events, counter)
-        self._tails[job_id] = tail
-        self._tails.move_to_end(job_id)
+        self._tails[log_key] = tail
+        self._tails.move_to_end(log_key)
         while len(self._tails) > TAIL_CACHE:
             self._tails.popitem(last=False)
         return tail
 
-    def append_event(self, job_id: str, event: StoredEvent) -> None:
+    def _append(self, log_key: str, record_key: str, event: StoredEvent) -> None:
         with self._lock:
-            events, counter = self._tail(job_id)
+            events, counter = self._tail(log_key, record_key)
             if event.seq <= counter["last"]:
                 raise DuplicateEvent(
-                    f"job {job_id} already has events up to seq {counter['last']}; got {event.seq}"
+                    f"{log_key} already has events up to seq {counter['last']}; got {event.seq}"
                 )
             firsts = counter["firsts"]
             if not firsts or len(events) >= self.page_size:
@@ -237,29 +246,65 @@ class ModalDictStore:
             counter = {"last": event.seq, "firsts": firsts}
             self.kv.update(
                 {
-                    f"events:{job_id}:{len(firsts) - 1}": self._dump(events),
-                    f"events:{job_id}": self._dump(counter),
+                    f"{log_key}:{len(firsts) - 1}": self._dump(events),
+                    log_key: self._dump(counter),
                 }
             )
-            self._tails[job_id] = (events, counter)
+            self._tails[log_key] = (events, counter)
 
-    def events(self, job_id: str, after: int = 0) -> list[StoredEvent]:
-        counter = self._counter(job_id)
+    def _events(self, log_key: str, after: int, kind: str, owner_id: str) -> list[StoredEvent]:
+        counter = self._counter(log_key)
         if counter["last"] <= after:
             return []
-        # ``firsts`` holds each page's first seq: skip the pages that end at or before ``after``.
-        first_page = max(bisect_right(counter["firsts"], after) - 1, 0)
+        # ``firsts`` holds each page's first seq: skip the pages that end at or before ``after``
+        # (every page before the one that starts at or before ``after + 1``).
+        first_page = max(bisect_right(counter["firsts"], after + 1) - 1, 0)
         out: list[StoredEvent] = []
         for page in range(first_page, len(counter["firsts"])):
-            events = self._read(f"events:{job_id}:{page}")
+            events = self._read(f"{log_key}:{page}")
             if events is None:
                 raise EventsExpired(
-                    f"Events of job {job_id} from #{counter['firsts'][page]} on have expired "
-                    "(the job store keeps entries 7 days after their last use); start the job "
-                    "again."
+                    f"Events of {kind} {owner_id} from #{counter['firsts'][page]} on have "
+                    "expired (the job store keeps entries 7 days after their last use); start "
+                    f"the {kind} again."
                 )
             out.extend(StoredEvent(seq, type_, data) for seq, type_, data in events if seq > after)
         return out
+
+    def append_event(self, job_id: str, event: StoredEvent) -> None:
+        self._append(f"events:{job_id}", f"job:{job_id}", event)
+
+    def events(self, job_id: str, after: int = 0) -> list[StoredEvent]:
+        return self._events(f"events:{job_id}", after, "job", job_id)
+
+    # -- playlists -------------------------------------------------------------------------
+    # No index: a playlist is only ever looked up by id (a running one resumes when asked for).
+
+    def create_playlist(self, playlist: PlaylistRecord) -> None:
+        if not self.kv.put(
+            f"playlist:{playlist.id}", self._dump(asdict(playlist)), skip_if_exists=True
+        ):
+            raise ValueError(f"playlist {playlist.id} already exists")
+
+    def get_playlist(self, playlist_id: str) -> PlaylistRecord | None:
+        data = self._read(f"playlist:{playlist_id}")
+        if data is None:
+            return None
+        return PlaylistRecord(**{k: v for k, v in data.items() if k in _PLAYLIST_FIELDS})
+
+    def update_playlist(self, playlist_id: str, *, status: str) -> None:
+        with self._lock:
+            playlist = self.get_playlist(playlist_id)
+            if playlist is None:
+                return  # as SQL's UPDATE of a missing row: nothing to change
+            playlist.status, playlist.updated = status, time.time()
+            self.kv.put(f"playlist:{playlist_id}", self._dump(asdict(playlist)))
+
+    def append_playlist_event(self, playlist_id: str, event: StoredEvent) -> None:
+        self._append(f"playlist-events:{playlist_id}", f"playlist:{playlist_id}", event)
+
+    def playlist_events(self, playlist_id: str, after: int = 0) -> list[StoredEvent]:
+        return self._events(f"playlist-events:{playlist_id}", after, "playlist", playlist_id)
 
     # -- owner leases ----------------------------------------------------------------------
 

@@ -96,7 +96,7 @@ class PlaylistManager:
 
     @property
     def enabled(self) -> bool:
-        """Whether the store keeps playlists (the SQLite store does)."""
+        """Whether the store keeps playlists (the SQLite and the Modal Dict stores do)."""
         return hasattr(self.store, "create_playlist")
 
     # -- POST /jobs -----------------------------------------------------------------------------
