@@ -8,6 +8,11 @@ import signal
 SAMPLE_RATE = 16_000
 """Whisper's input rate; every PCM array in the pipeline is 16 kHz mono float32."""
 
+DEFAULT_BATCH_SIZE = 2
+"""Segments one engine call may decode together unless told otherwise (``--batch_size``,
+``STREAMSCRIBE_BATCH_SIZE``, a request's ``batch_size``); tuned on the bench (bench/NOTES.md).
+Here, not in ``engine``, so the settings read it without loading numpy (Modal's deploy step)."""
+
 
 
 def clock(seconds: float | None) -> str:
