@@ -310,7 +310,7 @@ class ModalMapper:
         results: asyncio.Queue[SegmentResult | BaseException | None] = asyncio.Queue()
         #: Jobs the source has ready: what a group may take without waiting. Bounded, so the
         #: decoder is not run ahead of the GPUs by more than one batch.
-        ready: asyncio.Queue[SegmentJob | BaseException | None] = asyncio.Queue(
+        ready: asyncio.Queue[Any] = asyncio.Queue(  # jobs, then _END or the source's error
             maxsize=max(1, first.options.batch_size)
         )
 
@@ -323,7 +323,7 @@ class ModalMapper:
             except Exception as err:  # the job source broke: the map raises it
                 await ready.put(err)
             else:
-                await ready.put(None)
+                await ready.put(_END)
 
         async def answer(group: list[SegmentJob], call: _Call) -> None:
             try:
@@ -343,11 +343,11 @@ class ModalMapper:
                 results.put_nowait(result)
 
         async def feed() -> None:
-            held: SegmentJob | BaseException | None = None  # taken from `ready`, not yet sent
+            held: Any = None  # taken from `ready`, not yet sent
             try:
                 while True:
                     item, held = (held if held is not None else await ready.get()), None
-                    if item is None:
+                    if item is _END:
                         break
                     if isinstance(item, BaseException):
                         raise item
