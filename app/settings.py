@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
-from transcriber.engine import DEFAULT_BATCH_SIZE
+from transcriber import DEFAULT_BATCH_SIZE
 from transcriber.urlguard import ANY_HOST, YOUTUBE_HOSTS, GuardPolicy
 from transcriber.vocab import EngineName
 

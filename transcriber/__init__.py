@@ -8,6 +8,11 @@ import signal
 SAMPLE_RATE = 16_000
 """Whisper's input rate; every PCM array in the pipeline is 16 kHz mono float32."""
 
+#: Segments one engine call may decode together unless told otherwise (``--batch_size``,
+#: ``STREAMSCRIBE_BATCH_SIZE``, a request's ``batch_size``); tuned on the bench (bench/NOTES.md).
+#: Here rather than in :mod:`transcriber.engine` so that settings (and ``modal deploy``) read
+#: it without importing numpy.
+DEFAULT_BATCH_SIZE = 2
 
 
 def clock(seconds: float | None) -> str:
@@ -28,4 +33,4 @@ def exit_cause(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-__all__ = ["SAMPLE_RATE", "clock", "exit_cause"]
+__all__ = ["DEFAULT_BATCH_SIZE", "SAMPLE_RATE", "clock", "exit_cause"]

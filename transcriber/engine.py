@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from transcriber import SAMPLE_RATE
+from transcriber import DEFAULT_BATCH_SIZE, SAMPLE_RATE
 from transcriber.vocab import EngineName, Task
 
 ENGINES = tuple(EngineName)
@@ -74,9 +74,6 @@ class EngineConfig:
     download_root: str | None = None
 
 
-#: Segments one engine call may decode together unless told otherwise (``--batch_size``,
-#: ``STREAMSCRIBE_BATCH_SIZE``, a request's ``batch_size``); tuned on the bench (bench/NOTES.md).
-DEFAULT_BATCH_SIZE = 2
 
 
 @dataclass(frozen=True)

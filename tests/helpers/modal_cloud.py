@@ -32,6 +32,7 @@ Usage::
                      after={2: 0})                 # segment 2 waits for segment 0's result
     mapper = ModalMapper(cloud)            # cloud(engine=..., model=...) like the real class
     cloud.started, cloud.finished, cloud.spawn_calls, cloud.cancelled
+    cloud.calls, cloud.call_bytes          # each call's segment indices and its size on the wire
     cloud.gen_calls                        # [{"indices": [...], "carry": {...}}] per remote_gen call
 
     store = ModalDictStore(DictCloud())
