@@ -9,7 +9,8 @@ The same product as ``app.local``, split over two kinds of container:
   container (weights read from a ``modal.Volume`` that :func:`download_weights` filled once)
   and whose ``transcribe`` method runs :func:`transcriber.fanout.run_job_retrying` — the very
   function the local workers run — on one segment's audio, returning its pieces with absolute
-  timestamps. Its generator method ``transcribe_sequential`` serves the sequential mode:
+  timestamps; ``transcribe_batch`` runs :func:`transcriber.fanout.run_batch` (the local pool's
+  batched path) on a group of ready segments. Its generator method ``transcribe_sequential`` serves the sequential mode:
   segments in order on one container, each prompted with the text before it, each result
   streamed back as it is done.
 
@@ -31,7 +32,8 @@ Deploy-time configuration (read when this module is imported, i.e. by ``modal de
 ``STREAMSCRIBE_MODAL_MIN_CONTAINERS``  web containers kept warm (default 0, at most 1)
 ``STREAMSCRIBE_MODAL_MAX_UPLOAD_MB``   largest upload on Modal (default 100; see below)
 ``STREAMSCRIBE_*`` (:data:`SHIPPED`)   :class:`app.settings.Settings` passed to the containers
-                                       (``STREAMSCRIBE_MODEL`` defaults to ``large-v3-turbo``)
+                                       (``STREAMSCRIBE_MODEL`` defaults to ``large-v3-turbo``,
+                                       ``STREAMSCRIBE_BATCH_SIZE`` to 8)
 =====================================  ===========================================================
 
 One engine and model per deployment: ``STREAMSCRIBE_ENGINE``/``STREAMSCRIBE_MODEL`` at deploy
@@ -109,6 +111,10 @@ COOKIES_KEY = "STREAMSCRIBE_YOUTUBE_COOKIES"
 COOKIES_DIR = Path("/tmp/streamscribe")
 #: A GPU deployment's default model: large-v3 quality at a fraction of its decoder cost.
 MODAL_DEFAULT_MODEL = "large-v3-turbo"
+#: A GPU deployment's default ``STREAMSCRIBE_BATCH_SIZE`` (segments per engine call, so per
+#: grouped call): a GPU decodes 8 windows for little more than the cost of one, while the CPU
+#: default (2) is tuned for a CPU. A group also stops at 1.5 MiB of audio (see ModalMapper).
+MODAL_DEFAULT_BATCH_SIZE = 8
 #: The Python the images run; the same minor version as the local venv.
 PYTHON_VERSION = "3.11"
 #: debian_slim is the official python image: packages land in this site-packages.
@@ -129,6 +135,7 @@ SHIPPED = (
     "MODEL", "ENGINE", "BEAM_SIZE", "ALLOWED_HOSTS", "ALLOWED_PORTS", "ALLOW_GENERIC_EXTRACTOR",
     "EXTRA_EXTRACTORS", "TOKEN", "MAX_DURATION_S", "MAX_DOWNLOAD_MB", "MAX_BODY_KB",
     "MAX_CONCURRENT_JOBS", "JOB_GRACE_S", "MAX_JOB_WALL_S", "HEARTBEAT_S", "YTDLP_EXTRACTOR_ARGS",
+    "BATCH_SIZE", "VAD", "MAX_PLAYLIST_ITEMS", "PLAYLIST_CONCURRENCY",
     # this module's own, so the containers import it with the deployer's config
     "MODAL_ENV", "MODAL_GPU", "MODAL_MAX_GPUS", "MODAL_PROXY_AUTH", "MODAL_COOKIES_SECRET",
     "MODAL_MIN_CONTAINERS", "MODAL_MAX_UPLOAD_MB", "MODAL_WORKERS", "MODAL_STORE",
@@ -187,6 +194,7 @@ class DeployConfig:
         shipped = {ENV_PREFIX + name for name in SHIPPED}
         passed = {k: v for k, v in environ.items() if k in shipped and v.strip()}
         passed.setdefault(ENV_PREFIX + "MODEL", MODAL_DEFAULT_MODEL)
+        passed.setdefault(ENV_PREFIX + "BATCH_SIZE", str(MODAL_DEFAULT_BATCH_SIZE))
         config = cls(
             mode=modal_mode(environ),
             gpu=env.text("MODAL_GPU", d.gpu),
@@ -385,11 +393,13 @@ class Transcriber:
     cloud refuses any other pair (the web side never asks for one: it answers 400), so the
     class's ``max_containers`` is the deployment's GPU cap. ``.local()`` (the tests) runs any.
 
-    Batching: each input is one segment, decoded by ``run_job_retrying`` like every local
-    worker, with whisper's temperature fallback and hallucination guards. Parallelism comes
-    from fanning out over containers; whether batching several segments per input pays on a
-    GPU is to be measured, not assumed:
-    see the README's "Cost and speed on Modal".
+    Batching: ``transcribe`` takes one segment (a job's first, or one that found no ready
+    mates), decoded by ``run_job_retrying`` like every local worker; ``transcribe_batch`` takes a
+    group of ready segments (:class:`app.modal_mapper.ModalMapper` forms them, at most
+    ``STREAMSCRIBE_BATCH_SIZE``) and decodes them in one engine call through ``run_batch``, as a
+    local pool worker does, with whisper's temperature fallback and hallucination guards per
+    segment. Parallelism comes from fanning out over containers and from batching inside each;
+    what that costs: see the README's "Cost and speed on Modal".
     """
 
     engine: str = modal.parameter(default=config.pinned[0])
@@ -430,6 +440,15 @@ class Transcriber:
         from transcriber.fanout import run_job_retrying
 
         return encode_result(run_job_retrying(decode_job(payload, self.config)))
+
+    @modal.method()
+    def transcribe_batch(self, payloads: list[dict]) -> list[dict]:
+        """A group of segment payloads -> their result payloads, in order: one batched engine
+        call through :func:`transcriber.fanout.run_batch`, the local pool's own batched path
+        (:func:`app.modal_mapper.transcribe_group`)."""
+        from app.modal_mapper import transcribe_group
+
+        return transcribe_group(payloads, self.config)
 
     @modal.method()
     def transcribe_sequential(self, payloads: list[dict], carry: dict) -> Iterator[dict]:

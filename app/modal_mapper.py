@@ -1,16 +1,19 @@
-"""Fan segment jobs out to the Modal GPU ``Transcriber`` class, one spawned call per segment.
+"""Fan segment jobs out to the Modal GPU ``Transcriber`` class, one spawned call per group of ready segments.
 
 Two things live here, both shared by the CPU web container and the GPU containers:
 
 * the **payload codec**: a :class:`~transcriber.fanout.SegmentJob` becomes a small dict of
   primitives (the segment's audio as little-endian int16 PCM bytes, the decode options, the
   segment's index and absolute offset) and a :class:`~transcriber.fanout.SegmentResult` comes
-  back the same way. Only one segment's audio travels per input — 30 s x 16 kHz x 2 bytes =
-  960 KB, under Modal's 2 MiB inline payload limit — never the whole file. Plain dicts (not
+  back the same way. Only a few segments' audio travels per input — 30 s x 16 kHz x 2 bytes =
+  960 KB per full segment, a group bounded by :data:`MAX_GROUP_PCM_BYTES`, under Modal's 2 MiB
+  inline payload limit — never the whole file. Plain dicts (not
   our dataclasses) cross the wire so a container built from an older commit still reads them.
-* :class:`ModalMapper`, the :class:`~transcriber.fanout.Mapper` that sends each payload with
-  ``Transcriber(engine=..., model=...).transcribe.spawn.aio(payload)``, turns what comes back
-  into ``SegmentResult``\\s, and cancels the calls still out when the job stops;
+* :class:`ModalMapper`, the :class:`~transcriber.fanout.Mapper` that sends a lone payload with
+  ``Transcriber(engine=..., model=...).transcribe.spawn.aio(payload)`` and a group of ready
+  segments with ``.transcribe_batch.spawn.aio(payloads)`` (one batched engine call on the GPU,
+  :func:`transcribe_group`), turns what comes back into ``SegmentResult``\\s, and cancels the
+  calls still out when the job stops;
 * the sequential mode's two halves: :func:`transcribe_in_order`, the body of the GPU generator
   ``Transcriber.transcribe_sequential``, and :class:`ModalSequentialMapper`, which iterates it
   with ``remote_gen.aio``.
@@ -31,12 +34,18 @@ import numpy as np
 from transcriber import SAMPLE_RATE
 from transcriber.engine import EngineConfig, Piece, TranscribeOptions, Word
 from transcriber.fanout import MAX_PROMPT_CHARS, PromptCarry, SegmentJob, SegmentResult
+from transcriber.fanout.jobs import batchable
 from transcriber.vad import SpeechMap
 
 #: Bumped when the payload layout changes incompatibly; a mismatch is an error, not a guess.
 PAYLOAD_VERSION = 1
 #: Modal sends inputs up to 2 MiB inline; leave room for the few other fields.
 MAX_PCM_BYTES = 2 * 1024 * 1024 - 64 * 1024
+#: A group of segments shares one input only while their audio stays this small: 1.5 MiB of
+#: int16 PCM is 49 s of audio, so a call stays well under the 2 MiB limit, and a full 30 s
+#: segment (960 KB) pairs only with a segment of up to 19 s. Shorter segments (speech cut at
+#: pauses, the end of a source) group up to the batch size.
+MAX_GROUP_PCM_BYTES = 3 * 512 * 1024
 
 
 class PayloadError(ValueError):
@@ -170,6 +179,30 @@ def transcribe_in_order(
         yield {**encode_result(result), "carry": asdict(state)}
 
 
+def transcribe_group(payloads: list[dict[str, Any]], engine: EngineConfig) -> list[dict[str, Any]]:
+    """The GPU side of a grouped call: several segment payloads -> their result payloads, in order.
+
+    The segments go through :func:`transcriber.fanout.run_batch`, the batched path a local pool
+    worker runs (one engine call, each segment's speech gate, a lone re-decode for a segment that
+    fails whisper's thresholds, each alone if the batch raises). A group that
+    :func:`~transcriber.fanout.jobs.batchable` would not have formed (a sender that does not
+    follow the rule) runs one segment at a time rather than with the wrong options.
+    """
+    from transcriber.fanout import run_batch, run_job_retrying
+
+    jobs = [decode_job(payload, engine) for payload in payloads]
+    if jobs and all(batchable(jobs[0], job) for job in jobs[1:]):
+        results = run_batch(jobs)
+    else:
+        results = [run_job_retrying(job) for job in jobs]
+    return [encode_result(result) for result in results]
+
+
+def pcm_bytes(job: SegmentJob) -> int:
+    """The size of ``job``'s audio in a payload (:func:`encode_job`: int16, none when silent)."""
+    return 0 if job.silent else 2 * len(job.audio)
+
+
 # -- the mapper --------------------------------------------------------------------------------
 
 
@@ -184,6 +217,13 @@ class _SpawnMethod(Protocol):
     """The slice of a ``modal.Function`` (a method of a ``modal.Cls`` instance) the mapper uses."""
 
     spawn: Any  # .spawn.aio(payload) -> a _Call
+
+
+class _Instance(Protocol):
+    """The slice of a ``Transcriber(engine=..., model=...)`` instance the mapper uses."""
+
+    transcribe: _SpawnMethod  # one segment payload -> its result payload
+    transcribe_batch: _SpawnMethod  # a list of payloads -> their result payloads, in order
 
 
 def _failure_message(err: BaseException) -> str:
@@ -212,16 +252,22 @@ class ModalMapper:
     model): the only pair this deployment serves; :meth:`refusal` says why another is refused,
     and the job manager turns that into a 400 before any job starts.
 
-    Each segment is one spawned call, and results are taken as each call finishes
-    (completion order; the payload's index maps a result back to its segment, and a call
-    that failed after Modal's retries is that segment's error result).
+    Each call carries a group of the segments that are ready when it is sent, by the rule the
+    local pool follows (:func:`~transcriber.fanout.jobs.batchable`): up to the job's
+    ``batch_size`` segments, never a job's first segment (it goes alone, so the first text never
+    waits for a batch) or a silent one, and never waiting for more to arrive; a group also stops
+    at :data:`MAX_GROUP_PCM_BYTES` of audio. A lone segment goes to ``transcribe``, a group to
+    ``transcribe_batch`` (one batched engine call on the GPU). Results are taken as each call
+    finishes (completion order; each result payload's index maps it back to its segment, and a
+    call that failed after Modal's retries is an error result for each of its segments).
 
-    Cancelling: ``max_in_flight`` bounds the calls spawned and not yet answered (so a fast
-    decoder does not queue a whole 2-hour file ahead of the GPUs), and closing the returned
-    generator (a cancelled or abandoned job) cancels every one of them with
-    ``FunctionCall.cancel()``: the queued ones never start, and Modal terminates the ones
-    already running. The GPU work billed after a cancel is therefore at most ``max_in_flight``
-    segments that had already started, and in practice what Modal takes to stop them.
+    Cancelling: ``max_in_flight`` bounds the *segments* sent and not yet answered (so a fast
+    decoder does not queue a whole 2-hour file ahead of the GPUs; a group only takes the slots
+    that are free), and closing the returned generator (a cancelled or abandoned job) cancels
+    every call still out with ``FunctionCall.cancel()``: the queued ones never start, and Modal
+    terminates the ones already running. The GPU work billed after a cancel is therefore at most
+    the calls that had already started (one per GPU container, each at most ``batch_size``
+    segments), and in practice what Modal takes to stop them.
 
     ``mode="sequential"``: :func:`transcriber.fanout.mapper_for_mode` asks :meth:`sequential`
     for the :class:`ModalSequentialMapper` on the same class (one GPU generator streaming
@@ -245,53 +291,94 @@ class ModalMapper:
         """Why this mapper will not run ``engine``/``model`` (None: it will)."""
         return pinned_refusal(self.pinned, engine, model)
 
-    def _method(self, config: EngineConfig) -> _SpawnMethod:
+    def _instance(self, config: EngineConfig) -> _Instance:
         refused = self.refusal(config.engine, config.model)
         if refused:
             raise ValueError(refused)
-        return self.transcriber_cls(engine=config.engine, model=config.model).transcribe
+        return self.transcriber_cls(engine=config.engine, model=config.model)
 
     async def map(self, jobs: AsyncIterator[SegmentJob]) -> AsyncGenerator[SegmentResult, None]:
-        jobs = aiter(jobs)
-        first = await anext(jobs, None)
+        source = aiter(jobs)
+        first = await anext(source, None)
         if first is None:
             return
         config = first.engine
-        method = self._method(config)
+        gpu = self._instance(config)
         slots = asyncio.Semaphore(self.max_in_flight)
-        #: Every call spawned and not yet answered, with its segment.
-        outstanding: dict[asyncio.Task, tuple[SegmentJob, _Call]] = {}
+        #: Every call spawned and not yet answered, with its segments.
+        outstanding: dict[asyncio.Task, tuple[list[SegmentJob], _Call]] = {}
         results: asyncio.Queue[SegmentResult | BaseException | None] = asyncio.Queue()
+        #: Jobs the source has ready: what a group may take without waiting. Bounded, so the
+        #: decoder is not run ahead of the GPUs by more than one batch.
+        ready: asyncio.Queue[Any] = asyncio.Queue(  # jobs, then _END or the source's error
+            maxsize=max(1, first.options.batch_size)
+        )
 
-        async def answer(job: SegmentJob, call: _Call) -> None:
+        async def pull() -> None:
             try:
-                result = decode_result(await call.get.aio())
+                job: SegmentJob | None = first
+                while job is not None:
+                    await ready.put(job)
+                    job = await anext(source, None)
+            except Exception as err:  # the job source broke: the map raises it
+                await ready.put(err)
+            else:
+                await ready.put(_END)
+
+        async def answer(group: list[SegmentJob], call: _Call) -> None:
+            try:
+                got = await call.get.aio()
+                answered = [decode_result(p) for p in (got if len(group) > 1 else [got])]
+                if [r.index for r in answered] != [j.index for j in group]:
+                    raise PayloadError(f"results for segments {[r.index for r in answered]}")
             except Exception as err:  # what the input raised after Modal's retries
-                result = SegmentResult(job.index, job.start, job.end, error=_failure_message(err))
+                message = _failure_message(err)
+                answered = [SegmentResult(j.index, j.start, j.end, error=message) for j in group]
             finally:
-                # Settled before its result is queued, so the loop below sees it gone.
+                # Settled before its results are queued, so the loop below sees it gone.
                 outstanding.pop(cast(asyncio.Task, asyncio.current_task()), None)  # run as a task
-                slots.release()
-            results.put_nowait(result)
+                for _ in group:
+                    slots.release()
+            for result in answered:
+                results.put_nowait(result)
 
         async def feed() -> None:
-            job: SegmentJob | None = first
+            held: Any = None  # taken from `ready`, not yet sent
             try:
-                while job is not None:
-                    if (job.engine.engine, job.engine.model) != (config.engine, config.model):
+                while True:
+                    item, held = (held if held is not None else await ready.get()), None
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    if (item.engine.engine, item.engine.model) != (config.engine, config.model):
                         # Cannot happen from one pipeline run; refuse rather than mis-transcribe.
                         error = "engine changed mid-job"
-                        results.put_nowait(SegmentResult(job.index, job.start, job.end, error=error))
+                        results.put_nowait(SegmentResult(item.index, item.start, item.end, error=error))
+                        continue
+                    await slots.acquire()
+                    group, size = [item], pcm_bytes(item)
+                    # Ready mates, while slots are free: never waiting for more to arrive.
+                    while len(group) < item.options.batch_size and not ready.empty() and not slots.locked():
+                        mate = ready.get_nowait()
+                        if not isinstance(mate, SegmentJob) or not batchable(item, mate) or (
+                            size + pcm_bytes(mate) > MAX_GROUP_PCM_BYTES
+                        ):
+                            held = mate  # it starts the next call instead
+                            break
+                        await slots.acquire()  # free: not locked, so this does not wait
+                        group.append(mate)
+                        size += pcm_bytes(mate)
+                    if len(group) == 1:
+                        call = await gpu.transcribe.spawn.aio(encode_job(item))
                     else:
-                        await slots.acquire()
-                        call = await method.spawn.aio(encode_job(job))
-                        outstanding[asyncio.create_task(answer(job, call))] = (job, call)
-                    job = await anext(jobs, None)
+                        call = await gpu.transcribe_batch.spawn.aio([encode_job(j) for j in group])
+                    outstanding[asyncio.create_task(answer(group, call))] = (group, call)
             except Exception as err:  # the job source broke, or spawning did: the map raises it
                 results.put_nowait(err)
             results.put_nowait(None)
 
-        feeder = asyncio.create_task(feed())
+        puller, feeder = asyncio.create_task(pull()), asyncio.create_task(feed())
         fed = False
         try:
             while not (fed and not outstanding and results.empty()):
@@ -303,12 +390,13 @@ class ModalMapper:
                 else:
                     yield item
         finally:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            for task in (puller, feeder):
+                task.cancel()
+            await asyncio.gather(puller, feeder, return_exceptions=True)
             await self._cancel(outstanding)
 
     @staticmethod
-    async def _cancel(outstanding: dict[asyncio.Task, tuple[SegmentJob, _Call]]) -> None:
+    async def _cancel(outstanding: dict[asyncio.Task, tuple[list[SegmentJob], _Call]]) -> None:
         """Cancel every call still out (queued ones never start; Modal stops running ones)."""
         pending = list(outstanding.items())
         for task, _ in pending:

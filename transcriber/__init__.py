@@ -33,4 +33,4 @@ def exit_cause(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-__all__ = ["SAMPLE_RATE", "clock", "exit_cause"]
+__all__ = ["DEFAULT_BATCH_SIZE", "SAMPLE_RATE", "clock", "exit_cause"]

@@ -10,7 +10,11 @@ for is only the transport:
   Modal serves it — each call queued until one of a few "containers" (threads) is free, its
   ``FunctionCall`` answering ``get.aio()`` with the result (or raising what the input raised
   after Modal's retries) and ``cancel.aio()`` by dropping it: a queued call never starts, a
-  running one's result is thrown away (``cancelled`` records every cancel). Tests steer the
+  running one's result is thrown away (``cancelled`` records every cancel). A group of
+  segments, ``.transcribe_batch.spawn.aio(payloads)``, is one such call: it holds one
+  "container" for all its segments, runs the real ``transcribe_batch`` through ``.local()``, and
+  its cancel reaches every segment in it (``calls`` lists each call's indices, ``call_bytes``
+  its pickled size, what Modal's 2 MiB input limit applies to). Tests steer the
   completion order with per-index delays, gates, or ``after`` (a segment starts only once
   another one's result is out).
   The same object serves ``.transcribe_sequential.remote_gen.aio(payloads, carry)`` as Modal
@@ -28,6 +32,7 @@ Usage::
                      after={2: 0})                 # segment 2 waits for segment 0's result
     mapper = ModalMapper(cloud)            # cloud(engine=..., model=...) like the real class
     cloud.started, cloud.finished, cloud.spawn_calls, cloud.cancelled
+    cloud.calls, cloud.call_bytes          # each call's segment indices and its size on the wire
     cloud.gen_calls                        # [{"indices": [...], "carry": {...}}] per remote_gen call
 
     store = ModalDictStore(DictCloud())
@@ -78,6 +83,10 @@ class MapCloud:
         self.spawn_contexts: list[contextvars.Context] = []
         #: Indices of the calls the mapper cancelled (``FunctionCall.cancel``), in order.
         self.cancelled: list[int] = []
+        #: Each spawned call's segment indices (one for ``transcribe``, a group for
+        #: ``transcribe_batch``) and its argument's size pickled (as it crosses the wire).
+        self.calls: list[list[int]] = []
+        self.call_bytes: list[int] = []
         self._containers: asyncio.Queue | None = None
         #: Every ``remote_gen`` call: the segment indices it carried and its prompt state.
         self.gen_calls: list[dict[str, Any]] = []
@@ -88,10 +97,15 @@ class MapCloud:
         self.instances.append(params)
         return _Instance(self, params)
 
-    def _spawn(self, params: dict[str, Any], payload: dict) -> _Call:
-        """``.transcribe.spawn.aio(payload)``: the call is queued for a free "container"."""
-        payload = pickle.loads(pickle.dumps(payload))  # what crosses the wire is a copy
-        self.payloads.append(payload)
+    def _spawn(self, params: dict[str, Any], payload: Any, method: str = "transcribe") -> _Call:
+        """``.transcribe.spawn.aio(payload)`` or ``.transcribe_batch.spawn.aio([payload, ...])``:
+        the call is queued for a free "container"."""
+        wire = pickle.dumps(payload)
+        payload = pickle.loads(wire)  # what crosses the wire is a copy
+        group = payload if method == "transcribe_batch" else [payload]
+        self.payloads.extend(group)
+        self.calls.append([p["index"] for p in group])
+        self.call_bytes.append(len(wire))
         self.spawn_calls.append(params)
         self.spawn_contexts.append(contextvars.copy_context())
         if self._containers is None:
@@ -100,26 +114,27 @@ class MapCloud:
             self._containers = asyncio.Queue()
             for _ in range(self.containers):
                 self._containers.put_nowait(self.real_cls(**params))
-        call = _Call(self, payload["index"])
-        call.task = asyncio.ensure_future(self._run_call(call, payload))
+        call = _Call(self, [p["index"] for p in group])
+        call.task = asyncio.ensure_future(self._run_call(call, payload, method))
         return call
 
-    async def _run_call(self, call: _Call, payload: dict) -> Any:
+    async def _run_call(self, call: _Call, payload: Any, method: str) -> Any:
         container = await self._containers.get()  # queued until a "container" is free
         try:
             await asyncio.sleep(0)  # a cancel that came while the call was queued lands here
             if call.cancelled:  # cancelled while queued: it never starts
                 raise asyncio.CancelledError
-            self.started.append(call.index)
+            self.started.extend(call.indices)
 
             def run() -> Any:
-                self._reach(call.index)
-                return container.transcribe.local(payload)
+                for index in call.indices:
+                    self._reach(index)
+                return getattr(container, method).local(payload)
 
             return pickle.loads(pickle.dumps(await asyncio.to_thread(run)))
         finally:
-            if call.index in self.started:
-                self.finished.append(call.index)
+            if call.indices[0] in self.started:
+                self.finished.extend(call.indices)
             self._containers.put_nowait(container)
 
     def _reach(self, index: int) -> None:
@@ -193,6 +208,7 @@ class MapCloud:
 class _Instance:
     def __init__(self, cloud: MapCloud, params: dict[str, Any]):
         self.transcribe = _Method(cloud, params)
+        self.transcribe_batch = _Method(cloud, params, "transcribe_batch")
         self.transcribe_sequential = _GenMethod(cloud, params)
 
 
@@ -204,9 +220,9 @@ class _Aio:
 
 
 class _Method:
-    def __init__(self, cloud: MapCloud, params: dict[str, Any]):
-        async def spawn(payload: dict) -> _Call:
-            return cloud._spawn(params, payload)
+    def __init__(self, cloud: MapCloud, params: dict[str, Any], name: str = "transcribe"):
+        async def spawn(payload: Any) -> _Call:
+            return cloud._spawn(params, payload, name)
 
         self.spawn = _Aio(spawn)
 
@@ -216,8 +232,8 @@ class _Call:
     the input raised after Modal's retries), ``cancel.aio()`` cancels it: a queued call never
     starts; a running one's result is dropped (a thread cannot be killed; Modal stops it)."""
 
-    def __init__(self, cloud: MapCloud, index: int):
-        self.cloud, self.index = cloud, index
+    def __init__(self, cloud: MapCloud, indices: list[int]):
+        self.cloud, self.indices = cloud, indices
         self.cancelled = False
         self.task: asyncio.Future | None = None
 
@@ -226,8 +242,8 @@ class _Call:
 
         async def cancel() -> None:
             self.cancelled = True
-            cloud.cancelled.append(index)
-            if index not in cloud.started:
+            cloud.cancelled.extend(indices)
+            if indices[0] not in cloud.started:
                 self.task.cancel()
 
         self.get, self.cancel = _Aio(get), _Aio(cancel)
