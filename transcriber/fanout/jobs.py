@@ -108,7 +108,7 @@ def run_job(job: SegmentJob) -> SegmentResult:
     result = SegmentResult(job.index, job.start, job.end, silent=job.silent)
     if not job.silent:
         try:
-            from transcriber.engine import get_engine  # the engine cache: transcriber/engine/cache.py
+            from transcriber.engine import get_engine  # cached per process (engine/cache.py)
             from transcriber.vad import transcribe_gated
 
             faults.inject(job.index)  # a test hook: a no-op unless STREAMSCRIBE_FAULTS is set
