@@ -250,10 +250,11 @@ class _Tally:
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
     def engine_call(self, result: SegmentResult) -> None:
-        """Count how ``result`` was decoded (batched, re-decoded alone)."""
+        """Count how ``result`` was decoded (batched, re-decoded alone, pieces the gate dropped)."""
         if not (result.silent or result.error):
             self.batch_sizes[result.batch] = self.batch_sizes.get(result.batch, 0) + 1
         self.redecoded += int(result.redecoded)
+        self.dropped += result.dropped
 
     def finish(self, event: SegmentDone | SegmentFailed, fresh: bool) -> None:
         """Count a segment sent; ``fresh`` when this run transcribed it (not reused)."""
@@ -371,7 +372,6 @@ async def transcribe_stream(
             match await outbox.get():
                 case Transcribed(result):
                     event, fresh = _segment_event(result), True
-                    tally.dropped += result.dropped
                     tally.engine_call(result)
                 case Reused(stored):
                     event, fresh = stored, False
