@@ -148,6 +148,8 @@ class BatchDecode:
     #: Seconds into the audio where the decoder stopped short (its last piece unfinished):
     #: the rest is decoded in a next round, as whisper's next window. None: done.
     resume_at: float | None = None
+    #: How many times the rest was decoded on the same encoder output (a continuation).
+    continued: int = 0
 
 
 @dataclass
