@@ -88,8 +88,10 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
     - digital silence gets no pieces and slivers (< :data:`MIN_BATCH_SECONDS`) go alone, as
       does a batch of one: :meth:`Engine.transcribe`, today's per-segment path, exactly;
     - the others are decoded together at the first temperature, with timestamp tokens; where
-      the decoder stopped short of a segment's end (whisper would seek on), the rest of those
-      segments is decoded in a next, smaller batch, as whisper's next window;
+      the decoder stopped short of a segment's end (whisper would seek on), the faster-whisper
+      engine decodes the rest on the encoder output it has (a continuation, checked by
+      :func:`continuation_fails`); what is still left (openai-whisper, a failed continuation)
+      is decoded in a next, smaller batch, as whisper's next window;
     - an element that fails whisper's thresholds (:func:`needs_fallback`) is decoded again
       alone with the full temperature fallback (``redecoded``); its batch-mates keep theirs;
     - the no-speech rule and the hallucination guards (:func:`apply_guards`) apply per segment.

@@ -210,8 +210,13 @@ class FasterWhisperEngine:
         """
         for length in sorted({len(p) for p in prompts.values()}):
             rows = [k for k, p in prompts.items() if len(p) == length]
+            try:
+                some = _rows(encoder_output, rows)
+            except Exception:  # untried on CUDA here: those rows get whisper's next window
+                log.warning("cannot take rows %s of the encoder output; no continuation", rows, exc_info=True)
+                continue
             done = self._generate(
-                _rows(encoder_output, rows).view,
+                some.view,
                 [prompts[k] for k in rows],
                 [tokenizers[k] for k in rows],
                 [seconds[k] for k in rows],
@@ -272,10 +277,10 @@ def _rows(encoder_output, rows: list[int]) -> _Rows:
         return _Rows(encoder_output)
     if encoder_output.device == "cpu":
         array = np.ascontiguousarray(np.asarray(encoder_output)[rows])
-    else:  # CUDA: through torch's view of the device memory
+    else:  # CUDA: through torch's view of the device memory (__cuda_array_interface__)
         import torch
 
-        array = torch.as_tensor(encoder_output, device=encoder_output.device)[rows].contiguous()
+        array = torch.as_tensor(encoder_output)[rows].contiguous()
     return _Rows(ctranslate2.StorageView.from_array(array), array)
 
 
