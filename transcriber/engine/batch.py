@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -82,6 +83,18 @@ def split_by_timestamps(
     return pieces, resume
 
 
+def scored(piece: Piece, decode: BatchDecode) -> Piece:
+    """``piece`` with its window's scores, as whisper gives every segment of a window: what the
+    no-speech rule in :func:`apply_guards` reads (left at the defaults, no batched piece was
+    ever silence, whatever the window's no_speech_prob)."""
+    return replace(
+        piece,
+        avg_logprob=decode.avg_logprob,
+        no_speech_prob=decode.no_speech_prob,
+        compression_ratio=decode.compression_ratio,
+    )
+
+
 def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[Transcribed]:
     """Several segments through one encoder pass and one batched decode; one result each.
 
@@ -117,7 +130,7 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
                 if fallback and needs_fallback(decode, options):
                     failed.add(i)  # decoded alone below
                     continue
-                pieces[i] += [shifted(p, offsets[i]) for p in decode.pieces]
+                pieces[i] += [shifted(scored(p, decode), offsets[i]) for p in decode.pieces]
                 rest = len(chunk) / SAMPLE_RATE - (decode.resume_at or 0.0)
                 if decode.resume_at and rest >= MIN_BATCH_SECONDS and not is_digital_silence(
                     chunk[int(decode.resume_at * SAMPLE_RATE) :]
