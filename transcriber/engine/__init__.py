@@ -36,7 +36,12 @@ from transcriber.engine.base import (
     UnknownEngine,
     Word,
 )
-from transcriber.engine.batch import compression_ratio, needs_fallback, transcribe_batch
+from transcriber.engine.batch import (
+    compression_ratio,
+    continuation_fails,
+    needs_fallback,
+    transcribe_batch,
+)
 from transcriber.engine.cache import EngineCache, engine_cache, get_engine, load_engine
 from transcriber.engine.faster import FasterWhisperEngine
 from transcriber.engine.guards import apply_guards, token_budget
@@ -64,6 +69,7 @@ __all__ = [
     "Word",
     "apply_guards",
     "compression_ratio",
+    "continuation_fails",
     "engine_cache",
     "get_engine",
     "load_engine",

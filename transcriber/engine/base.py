@@ -145,9 +145,12 @@ class BatchDecode:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     compression_ratio: float = 1.0
-    #: Seconds into the audio where the decoder stopped short (its last piece unfinished):
-    #: the rest is decoded in a next round, as whisper's next window. None: done.
+    #: Seconds into the audio where the decoder stopped short (its last piece unfinished) and
+    #: no continuation on the same encoder output was kept (faster-whisper tries one): the
+    #: rest is decoded in a next round, as whisper's next window. None: done.
     resume_at: float | None = None
+    #: How many times the rest was decoded on the same encoder output (a continuation).
+    continued: int = 0
 
 
 @dataclass

@@ -3,8 +3,10 @@ with whisper's per-segment temperature fallback for those that fail its threshol
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from transcriber.engine.base import (
     is_digital_silence,
     shifted,
 )
-from transcriber.engine.guards import apply_guards
+from transcriber.engine.guards import _collapse_loops, apply_guards
 
 
 def compression_ratio(text: str) -> float:
@@ -60,11 +62,14 @@ def split_by_timestamps(
     single_ending = is_time[-2:] == [False, True]
     cuts = [i for i in range(1, len(tokens)) if is_time[i] and is_time[i - 1]]
     if not cuts:
-        times = [t for t in tokens if t >= timestamp_begin]
+        # One piece from its opening timestamp (a continuation opens where the decoder had
+        # stopped) to its last later timestamp, or to the end of the audio without one.
+        start = (tokens[0] - timestamp_begin) * TIME_PRECISION if tokens and is_time[0] else 0.0
+        later = [t for t in tokens[1:] if t >= timestamp_begin]
         end = seconds
-        if times and times[-1] != timestamp_begin:
-            end = (times[-1] - timestamp_begin) * TIME_PRECISION
-        return ([(0.0, end, tokens)] if tokens else []), None
+        if later and (later[-1] - timestamp_begin) * TIME_PRECISION > start:
+            end = (later[-1] - timestamp_begin) * TIME_PRECISION
+        return ([(start, end, tokens)] if tokens else []), None
     if single_ending:
         cuts.append(len(tokens))
     pieces, last = [], 0
@@ -78,14 +83,28 @@ def split_by_timestamps(
     return pieces, resume
 
 
+def scored(piece: Piece, decode: BatchDecode) -> Piece:
+    """``piece`` with its window's scores, as whisper gives every segment of a window: what the
+    no-speech rule in :func:`apply_guards` reads (left at the defaults, no batched piece was
+    ever silence, whatever the window's no_speech_prob)."""
+    return replace(
+        piece,
+        avg_logprob=decode.avg_logprob,
+        no_speech_prob=decode.no_speech_prob,
+        compression_ratio=decode.compression_ratio,
+    )
+
+
 def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: TranscribeOptions) -> list[Transcribed]:
     """Several segments through one encoder pass and one batched decode; one result each.
 
     - digital silence gets no pieces and slivers (< :data:`MIN_BATCH_SECONDS`) go alone, as
       does a batch of one: :meth:`Engine.transcribe`, today's per-segment path, exactly;
     - the others are decoded together at the first temperature, with timestamp tokens; where
-      the decoder stopped short of a segment's end (whisper would seek on), the rest of those
-      segments is decoded in a next, smaller batch, as whisper's next window;
+      the decoder stopped short of a segment's end (whisper would seek on), the faster-whisper
+      engine decodes the rest on the encoder output it has (a continuation, checked by
+      :func:`continuation_fails`); what is still left (openai-whisper, a failed continuation)
+      is decoded in a next, smaller batch, as whisper's next window;
     - an element that fails whisper's thresholds (:func:`needs_fallback`) is decoded again
       alone with the full temperature fallback (``redecoded``); its batch-mates keep theirs;
     - the no-speech rule and the hallucination guards (:func:`apply_guards`) apply per segment.
@@ -111,7 +130,7 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
                 if fallback and needs_fallback(decode, options):
                     failed.add(i)  # decoded alone below
                     continue
-                pieces[i] += [shifted(p, offsets[i]) for p in decode.pieces]
+                pieces[i] += [shifted(scored(p, decode), offsets[i]) for p in decode.pieces]
                 rest = len(chunk) / SAMPLE_RATE - (decode.resume_at or 0.0)
                 if decode.resume_at and rest >= MIN_BATCH_SECONDS and not is_digital_silence(
                     chunk[int(decode.resume_at * SAMPLE_RATE) :]
@@ -126,3 +145,49 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
         if results[i] is None:
             results[i] = Transcribed(engine.transcribe(audio, options), redecoded=len(together) > 1 and i in together)
     return results  # type: ignore[return-value]
+
+
+#: A continuation with more words than this many per second of its audio (plus one) is not
+#: what was said there: fast read speech is about 3 words a second.
+MAX_WORDS_PER_SECOND = 4.0
+#: Its last time may pass the end of its audio by this much (the decoder rounds up).
+END_SLACK_SECONDS = 5.0
+#: A sentence of at least this many words that the segment already said earlier is a repeat
+#: of the window's start, not the rest of the audio.
+MIN_REPEATED_WORDS = 3
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in (re.sub(r"[^\w']", "", w.lower()) for w in text.split()) if w]
+
+
+def continuation_fails(before: BatchDecode, tail: BatchDecode, seconds: float, options: TranscribeOptions) -> str | None:
+    """Why the decode of a window's rest on the same encoder output cannot be kept (None: keep).
+
+    ``before`` is what the window's first decode said, ``tail`` the continuation from
+    ``before.resume_at`` to ``seconds``. The checks, each measured on the 10-minute bench input
+    (bench/NOTES.md): whisper's thresholds on the continuation alone; no more words than the
+    remaining audio can hold; times inside it; no decoding loop; no sentence of the window's
+    start said again.
+    """
+    rest = seconds - (before.resume_at or 0.0)
+    said = _words(" ".join(p.text for p in tail.pieces))
+    if not said:
+        return "empty"
+    ratio, floor = options.compression_ratio_threshold, options.log_prob_threshold
+    if ratio is not None and tail.compression_ratio > ratio:
+        return "compression"
+    if floor is not None and tail.avg_logprob < floor:
+        return "logprob"
+    if len(said) > MAX_WORDS_PER_SECOND * rest + 1:
+        return "too many words"
+    if any(p.end > seconds + END_SLACK_SECONDS or p.start < (before.resume_at or 0.0) for p in tail.pieces):
+        return "times"
+    if len(_collapse_loops(said, 2)) < len(said):
+        return "loop"
+    earlier = " " + " ".join(_words(" ".join(p.text for p in before.pieces))) + " "
+    for sentence in re.split(r"[.?!]", " ".join(p.text for p in tail.pieces)):
+        words = _words(sentence)
+        if len(words) >= MIN_REPEATED_WORDS and " " + " ".join(words) + " " in earlier:
+            return "repeat"
+    return None
