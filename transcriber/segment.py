@@ -7,7 +7,8 @@ model less context, so segments are made as long as allowed and cut where nobody
    gate (a :class:`SpeechGuide`: the stream's VAD, :class:`transcriber.vad.SpeechTracker`),
    ``max_seconds`` bounds what the engine will *decode* (the speech regions laid end to end,
    long non-speech left out) rather than the source: audio is buffered until that much
-   speech is waiting, or ``max_span_seconds`` of source, so speech is packed into full windows.
+   speech is waiting, or ``max_span_seconds`` of source, so speech is packed into full windows
+   (from the second segment on: the first one stays short, for a fast first text).
 2. Energy is measured on 20 ms frames (mean square, in dBFS) and smoothed over 100 ms.
 3. A frame is *quiet* when it is below a threshold that adapts to the buffered audio: the
    noise floor (10th percentile) plus a quarter of the floor-to-speech range (90th percentile),
@@ -166,9 +167,10 @@ class Segmenter:
         self.max_samples = max(self.frame, int(opts.max_seconds * SAMPLE_RATE))
         first = self.max_samples if opts.first_max_seconds is None else int(opts.first_max_seconds * SAMPLE_RATE)
         self.first_max_samples = min(self.max_samples, max(self.frame, first))
-        #: Speech is packed: the limits count decoded samples (step 1).
-        self.packing = guide is not None and opts.max_span_seconds is not None
-        span = int(opts.max_span_seconds * SAMPLE_RATE) if self.packing else 0
+        #: Speech is packed: the limits count decoded samples (step 1); not in the first
+        #: segment, which is short for a fast first text and would be cut inside its speech.
+        self.packs = guide is not None and opts.max_span_seconds is not None
+        span = int(opts.max_span_seconds * SAMPLE_RATE) if self.packs else 0
         self.span_samples = max(self.max_samples, span)
         self._step = max(1, round(_PACK_STEP_S * SAMPLE_RATE))
         self._buf = np.empty(self.span_samples, dtype=np.float32)
@@ -209,7 +211,7 @@ class Segmenter:
         out: list[Segment] = []
         if self.guide is not None:
             self.guide.finish()
-        if self.packing:
+        if self._packing:
             # Up to one step of speech may have come in over the limit since the last check.
             while self._n and self._decoded(self._n) > self._limit():
                 out.append(self._cut(self._choose_cut()))
@@ -219,13 +221,17 @@ class Segmenter:
 
     # -- internals ---------------------------------------------------------------------------
 
+    @property
+    def _packing(self) -> bool:
+        return self.packs and self._index > 0
+
     def _limit(self) -> int:
         """The most samples the segment that starts the buffer may have (decoded ones, with a guide)."""
         return self.first_max_samples if self._index == 0 else self.max_samples
 
     def _decoded(self, samples: int) -> int:
         """Samples the engine will decode of the first ``samples`` of the buffer."""
-        if not self.packing:
+        if not self._packing:
             return samples
         speech = self.guide.speech_map(self._start, self._start + samples)
         return samples if speech is None else speech.decoded_samples(samples)
@@ -233,14 +239,14 @@ class Segmenter:
     def _room(self) -> int:
         """Samples that may be buffered before the next check for a cut."""
         limit = self._limit()
-        if not self.packing or self._n < limit:  # nothing decodes longer than its source
+        if not self._packing or self._n < limit:  # nothing decodes longer than its source
             return limit - self._n
         return min(self.span_samples - self._n, self._step - (self._n - limit) % self._step)
 
     def _full(self) -> bool:
         """Whether the segment that starts the buffer must be cut now."""
         limit = self._limit()
-        if not self.packing or self._n < limit:
+        if not self._packing or self._n < limit:
             return self._n >= limit
         if self._n >= self.span_samples:
             return True
@@ -266,7 +272,7 @@ class Segmenter:
             return self._silence_cut(lo, hi, None, None)
         # Seconds of decoded audio, at each frame boundary j (a cut there).
         times = np.arange(self._frames + 1) * frame / SAMPLE_RATE
-        decoded = self.guide.decoded_prefix(speech, times) if self.packing else times
+        decoded = self.guide.decoded_prefix(speech, times) if self._packing else times
         limit = self._limit() / SAMPLE_RATE
         hi = max(1, int(np.searchsorted(decoded, limit + 1e-9, side="right")) - 1)
         lo = min(int(np.searchsorted(decoded, opts.min_seconds - 1e-9)), hi)
