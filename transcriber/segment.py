@@ -133,7 +133,8 @@ class SpeechGuide(Protocol):
 
     def finish(self) -> None: ...
 
-    def forget(self, before: int) -> None: ...
+    #: The stream was cut at sample ``at``; ``rest`` is the audio after it still buffered.
+    def restart(self, at: int, rest: np.ndarray) -> None: ...
 
     #: A :class:`transcriber.vad.SpeechMap` (``regions``, ``decoded_samples(n)``), or None when
     #: the VAD failed (then segments are cut as without a guide).
@@ -338,7 +339,7 @@ class Segmenter:
         segment = Segment(self._index, self._start, self._start + cut, samples, silent=silent)
         if self.guide is not None:
             segment.speech = self.guide.speech_map(self._start, self._start + cut)
-            self.guide.forget(self._start + cut)
+            self.guide.restart(self._start + cut, self._buf[cut : self._n])
         rest = self._n - cut
         self._buf[:rest] = self._buf[cut : self._n]  # numpy copies overlapping slices safely
         cut_frames = cut // self.frame

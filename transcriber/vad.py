@@ -367,18 +367,25 @@ class SpeechTracker:
     """Silero VAD over a stream, once, as audio arrives: the segmenter's
     :class:`~transcriber.segment.SpeechGuide` (owned by the pipeline's decode thread).
 
-    Frames are counted from the stream's first sample; the model's state carries on from one
-    :meth:`feed` to the next, so the probabilities are those of one run over the whole stream,
-    whatever the chunks. Only the frames of audio not yet cut are kept (:meth:`forget`).
+    The model's state carries on from one :meth:`feed` to the next, so the probabilities are
+    those of one run, whatever the chunks; but each segment gets a run of its own: at a cut
+    (:meth:`restart`) the state starts afresh and the audio the segmenter still holds is run
+    again (a few seconds, usually). Carried over a whole stream, the state made Silero deaf
+    after music: 15 s of chords, then JFK's "ask not" scored under the threshold, and the gate
+    cut the words out; from a fresh state at the segment's start (as :func:`detect` runs) it
+    scores as speech. Only the frames of audio not yet cut are kept.
     """
 
     def __init__(self, options: VadOptions) -> None:
         self.options = options
         self.failed = False
+        self._start(0)
+
+    def _start(self, origin: int) -> None:
         self._state = _fresh_state()
         self._pending = np.zeros(0, dtype=np.float32)  # the start of a frame not yet whole
         self._probs = np.zeros(0, dtype=np.float32)
-        self._first = 0  # the stream frame of _probs[0]
+        self._origin = origin  # the stream sample where _probs[0]'s frame starts
 
     def feed(self, samples: np.ndarray) -> None:
         """The stream's next samples."""
@@ -396,24 +403,24 @@ class SpeechTracker:
             self._run(np.pad(self._pending, (0, FRAME - len(self._pending))))
         self._pending = np.zeros(0, dtype=np.float32)
 
-    def forget(self, before: int) -> None:
-        """Drop the frames that end at or before stream sample ``before`` (cut and gone)."""
-        drop = min(before // FRAME - self._first, len(self._probs))
-        if drop > 0:
-            self._probs = self._probs[drop:]
-            self._first += drop
+    def restart(self, at: int, rest: np.ndarray) -> None:
+        """The stream was cut at sample ``at``: a fresh run for the next segment, over ``rest``
+        (the samples from ``at`` on that the segmenter holds)."""
+        self._start(int(at))
+        self.feed(rest)
 
     def speech_map(self, start: int, end: int) -> SpeechMap | None:
         """The map of stream samples ``[start, end)`` from the probabilities so far (frames
         not yet whole are left out: at most 32 ms, inside a region's padding); None when the
-        VAD failed (then the stream is cut and decoded as without the gate)."""
+        VAD failed (then the stream is cut and decoded as without the gate). A segment's
+        frames start where it does (``offset`` 0), as in :func:`detect`."""
         if self.failed:
             return None
-        start, end = int(start), int(end)
+        start, end = int(start) - self._origin, int(end) - self._origin
+        if start < 0:
+            raise ValueError(f"samples before {self._origin} were cut already")
         first = start // FRAME
-        if first < self._first:
-            raise ValueError(f"samples from {start} were forgotten already")
-        probs = self._probs[first - self._first : -(-end // FRAME) - self._first]
+        probs = self._probs[first : -(-end // FRAME)]
         offset = (first * FRAME - start) / SAMPLE_RATE
         regions = speech_regions(probs, (end - start) / SAMPLE_RATE, self.options, offset)
         return SpeechMap(_quantised(probs), regions, offset)
