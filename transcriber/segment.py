@@ -287,9 +287,9 @@ class Segmenter:
             cut = self._silence_cut(lo, hi, outside, decoded)
             if self._decoded(cut) <= self._limit():
                 return cut
-            if cut // frame <= max(lo, 1):
-                return min(self._n, self._limit()) // frame * frame  # never decodes more than its source
             hi = min(hi, cut // frame) - 1
+            if hi <= max(lo, 1):
+                return min(self._n, self._limit()) // frame * frame  # never decodes more than its source
 
     def _silence_cut(self, lo: int, hi: int, outside: np.ndarray | None, decoded: np.ndarray | None) -> int:
         """The cut of step 4 between frame boundaries ``lo`` and ``hi`` (``hi``: the limit),
