@@ -103,7 +103,7 @@ def test_payload_carries_one_segment_as_int16_and_round_trips():
     noise = np.random.default_rng(0).uniform(-1.0, 1.0, SAMPLE_RATE).astype(np.float32)
     assert np.max(np.abs(decode_pcm(encode_pcm(noise)) - noise)) <= 1.0 / 32768
 
-    # 30 s, the segmenter's hard maximum, fits; 70 s would not be sent at all.
+    # 30 s (a segment without the speech gate at most) fits; 70 s would not be sent at all.
     thirty = np.zeros(30 * SAMPLE_RATE, dtype=np.float32) + 0.1
     assert len(pickle.dumps(encode_job(SegmentJob(0, 0, 30, thirty, EngineConfig(), TranscribeOptions())))) < 2**21
     seventy = np.zeros(70 * SAMPLE_RATE, dtype=np.float32)

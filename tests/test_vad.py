@@ -220,8 +220,7 @@ def test_without_the_gate_the_music_is_decoded(mix, mix_wav):
     Whisper makes of it is its business); the gate's WER on this input is no worse."""
     off, _ = run(mix_wav, vad=VadOptions(enabled=False))
     on, _ = run(mix_wav)
-    assert not off[0].silent and off[0].end <= mix.blocks[0][1]  # an all-music window, decoded
-    assert on[0].pieces[0]["start"] >= mix.blocks[0][1] - GATE.pad_seconds - 0.1
+    assert not off[0].silent and on[0].silent
     assert wer(mix.reference, text_of(on)) <= wer(mix.reference, text_of(off)) + 0.01
 
 
