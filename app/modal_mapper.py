@@ -78,7 +78,7 @@ def encode_job(job: SegmentJob) -> dict[str, Any]:
         seconds = len(pcm) / 2 / SAMPLE_RATE
         raise PayloadError(
             f"segment {job.index} is {seconds:.0f} s long; a Modal input carries at most "
-            f"{MAX_PCM_BYTES / 2 / SAMPLE_RATE:.0f} s of audio (segments are cut at 30 s)"
+            f"{MAX_PCM_BYTES / 2 / SAMPLE_RATE:.0f} s of audio (segments span at most 60 s)"
         )
     return {
         "v": PAYLOAD_VERSION,

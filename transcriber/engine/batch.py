@@ -25,6 +25,9 @@ from transcriber.engine.base import (
 )
 from transcriber.engine.guards import _collapse_loops, apply_guards
 
+#: Whisper's window: a batch element longer than this would be trimmed to it.
+WINDOW_SECONDS = 30
+
 
 def compression_ratio(text: str) -> float:
     """whisper's repetition measure: bytes of the text over bytes of its zlib stream."""
@@ -99,7 +102,9 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
     """Several segments through one encoder pass and one batched decode; one result each.
 
     - digital silence gets no pieces and slivers (< :data:`MIN_BATCH_SECONDS`) go alone, as
-      does a batch of one: :meth:`Engine.transcribe`, today's per-segment path, exactly;
+      does a batch of one: :meth:`Engine.transcribe`, today's per-segment path, exactly; so
+      does audio over one 30 s window (a batch decodes one window each and would lose the
+      rest; the segmenter never plans one, this is the safety net);
     - the others are decoded together at the first temperature, with timestamp tokens; where
       the decoder stopped short of a segment's end (whisper would seek on), the faster-whisper
       engine decodes the rest on the encoder output it has (a continuation, checked by
@@ -115,7 +120,7 @@ def transcribe_batch(engine: Engine, audios: Sequence[np.ndarray], options: Tran
     for i, audio in enumerate(audios):
         if is_digital_silence(audio):
             results[i] = Transcribed([])
-        elif len(audio) >= MIN_BATCH_SECONDS * SAMPLE_RATE:
+        elif MIN_BATCH_SECONDS * SAMPLE_RATE <= len(audio) <= WINDOW_SECONDS * SAMPLE_RATE:
             together.append(i)
     if len(together) > 1:
         fallback = len(options.temperatures) > 1
