@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -116,6 +118,26 @@ def test_default_split_fills_cores_without_oversubscribing() -> None:
     for cpus in (1, 2, 3, 4, 8, 16, 64):
         workers, threads = default_split(cpus)
         assert 1 <= workers * threads <= cpus
+
+
+def test_a_worker_caps_numpy_blas_threads_already_loaded() -> None:
+    """numpy (and its OpenBLAS) is loaded before a spawned worker runs ``_limit_threads``, so the
+    environment variables alone came too late; the cap must reach the running library."""
+    code = (
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from transcriber.fanout.pool import _limit_threads\n"
+        "blas = lambda: max(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas')\n"
+        "before = blas()\n"
+        "_limit_threads(1)\n"
+        "print(before, blas())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    before, after = map(int, out.stdout.split())
+    if (os.cpu_count() or 1) > 1:
+        assert before > 1  # else this test could not tell a cap from the default
+    assert after == 1
 
 
 def test_pool_transcribes_and_is_shared_by_concurrent_maps(pool: LocalPoolMapper) -> None:

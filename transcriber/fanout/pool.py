@@ -72,6 +72,12 @@ def _limit_threads(threads: int) -> None:
     """Cap every native thread pool in this process at ``threads`` (before torch/CT2 load)."""
     for var in _THREAD_VARS:
         os.environ[var] = str(threads)
+    # numpy's OpenBLAS read its variable when this module imported numpy, before the lines above:
+    # it had a thread per core, which spun after each mel filterbank product (4 % of a 10-min
+    # run's CPU, taken from the other worker's core). Cap it where it already runs.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
     # Not `import torch` here: a faster-whisper worker never uses it, and importing it cost each
     # worker ~2 s of CPU and ~160 MB of RSS (bench, 10 min input: tree peak 1024 -> 690 MB,
     # CPU 40 -> 36 s). torch reads OMP_NUM_THREADS when the openai-whisper engine imports it,
