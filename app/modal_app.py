@@ -263,6 +263,7 @@ PIPELINE_PACKAGES = [
     "urllib3==2.8.0",
     "faster-whisper==1.2.1",
     "ctranslate2==4.8.5",
+    "threadpoolctl==3.8.0",
 ]
 YTDLP_PACKAGES = [YTDLP_REQUIREMENT, "deno"]
 # The GPU engines. CTranslate2 4.8 (faster-whisper) dlopens cuBLAS for CUDA 12

