@@ -170,8 +170,9 @@ class Segmenter:
         self.first_max_samples = min(self.max_samples, max(self.frame, first))
         #: Speech is packed: the limits count decoded samples (step 1); not in the first
         #: segment, which is short for a fast first text and would be cut inside its speech.
-        self.packs = guide is not None and opts.max_span_seconds is not None
-        span = int(opts.max_span_seconds * SAMPLE_RATE) if self.packs else 0
+        span_seconds = opts.max_span_seconds if guide is not None else None
+        self.packs = span_seconds is not None
+        span = int(span_seconds * SAMPLE_RATE) if span_seconds is not None else 0
         self.span_samples = max(self.max_samples, span)
         self._step = max(1, round(_PACK_STEP_S * SAMPLE_RATE))
         self._buf = np.empty(self.span_samples, dtype=np.float32)
@@ -232,7 +233,7 @@ class Segmenter:
 
     def _decoded(self, samples: int) -> int:
         """Samples the engine will decode of the first ``samples`` of the buffer."""
-        if not self._packing:
+        if not self._packing or self.guide is None:
             return samples
         speech = self.guide.speech_map(self._start, self._start + samples)
         return samples if speech is None else speech.decoded_samples(samples)
@@ -273,7 +274,7 @@ class Segmenter:
             return self._silence_cut(lo, hi, None, None)
         # Seconds of decoded audio, at each frame boundary j (a cut there).
         times = np.arange(self._frames + 1) * frame / SAMPLE_RATE
-        decoded = self.guide.decoded_prefix(speech, times) if self._packing else times
+        decoded = self.guide.decoded_prefix(speech, times) if self._packing and self.guide is not None else times
         limit = self._limit() / SAMPLE_RATE
         hi = max(1, int(np.searchsorted(decoded, limit + 1e-9, side="right")) - 1)
         lo = min(int(np.searchsorted(decoded, opts.min_seconds - 1e-9)), hi)

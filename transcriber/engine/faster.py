@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -275,6 +276,7 @@ def _rows(encoder_output, rows: list[int]) -> _Rows:
 
     if rows == list(range(encoder_output.shape[0])):
         return _Rows(encoder_output)
+    array: Any  # a numpy array on CPU, a torch tensor on CUDA
     if encoder_output.device == "cpu":
         array = np.ascontiguousarray(np.asarray(encoder_output)[rows])
     else:  # CUDA: through torch's view of the device memory (__cuda_array_interface__)
