@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from transcriber import SAMPLE_RATE
+from transcriber.segment import _db
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +486,7 @@ def _across_quiet_gaps(regions, audio: np.ndarray) -> tuple[tuple[float, float],
 
     def quiet(a: float, b: float) -> bool:
         part = audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]
-        return not part.size or 10 * np.log10(float(np.mean(np.square(part, dtype=np.float64))) + 1e-12) < QUIET_GAP_DB
+        return not part.size or float(_db(np.mean(np.square(part, dtype=np.float64)))) < QUIET_GAP_DB
 
     merged = [list(regions[0])]
     for a, b in regions[1:]:

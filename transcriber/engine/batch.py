@@ -23,7 +23,7 @@ from transcriber.engine.base import (
     is_digital_silence,
     shifted,
 )
-from transcriber.engine.guards import _collapse_loops, apply_guards
+from transcriber.engine.guards import _collapse_loops, _word_key, apply_guards
 
 #: Whisper's window: a batch element longer than this would be trimmed to it.
 WINDOW_SECONDS = 30
@@ -163,7 +163,7 @@ MIN_REPEATED_WORDS = 3
 
 
 def _words(text: str) -> list[str]:
-    return [w for w in (re.sub(r"[^\w']", "", w.lower()) for w in text.split()) if w]
+    return [w for w in map(_word_key, text.split()) if w]
 
 
 def continuation_fails(before: BatchDecode, tail: BatchDecode, seconds: float, options: TranscribeOptions) -> str | None:
@@ -176,7 +176,8 @@ def continuation_fails(before: BatchDecode, tail: BatchDecode, seconds: float, o
     start said again.
     """
     rest = seconds - (before.resume_at or 0.0)
-    said = _words(" ".join(p.text for p in tail.pieces))
+    text = " ".join(p.text for p in tail.pieces)
+    said = _words(text)
     if not said:
         return "empty"
     ratio, floor = options.compression_ratio_threshold, options.log_prob_threshold
@@ -191,7 +192,7 @@ def continuation_fails(before: BatchDecode, tail: BatchDecode, seconds: float, o
     if len(_collapse_loops(said, 2)) < len(said):
         return "loop"
     earlier = " " + " ".join(_words(" ".join(p.text for p in before.pieces))) + " "
-    for sentence in re.split(r"[.?!]", " ".join(p.text for p in tail.pieces)):
+    for sentence in re.split(r"[.?!]", text):
         words = _words(sentence)
         if len(words) >= MIN_REPEATED_WORDS and " " + " ".join(words) + " " in earlier:
             return "repeat"
