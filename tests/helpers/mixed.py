@@ -87,11 +87,18 @@ def speech_band_noise(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return (0.05 * out * swell).astype(np.float32)
 
 
+def room_tone(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A long pause: the faint noise floor (-60 dBFS) of the gaps between clips, not loud
+    non-speech (the bench's long-form input has such breaks between topics)."""
+    return rng.normal(0, 0.001, int(seconds * SAMPLE_RATE)).astype(np.float32)
+
+
 GENERATORS: dict[str, Callable[[float, np.random.Generator], np.ndarray]] = {
     "chords": chords,
     "pink_noise": pink_noise,
     "hum": hum,
     "speech_band_noise": speech_band_noise,
+    "room_tone": room_tone,
 }
 
 
