@@ -121,10 +121,30 @@ def mixed_section(chosen: list[str], measure_run) -> dict:
     for name in (n for n in chosen if n in mixed.MIXED_SYSTEMS):
         print(f"[bench] mixed.{name} ...", file=sys.stderr, flush=True)
         run, record = measure_run(name, f"mixed.{name}", wav_input)
-        systems[name] = mixed.score(record, run.pieces, blocks)
+        systems[name] = {**mixed.score(record, run.pieces, blocks), "text": run.text}
         print(f"[bench] mixed.{name}: WER {record['wer']}, words in non-speech "
               f"{systems[name]['words_in_non_speech']}", file=sys.stderr, flush=True)
-    return {"input": wav_input.describe(), "blocks": blocks, "systems": systems, "goals": mixed.goals(systems)}
+    arranged = _arrangements([n for n in systems if n in mixed.ARRANGED_SYSTEMS], systems, wav_input, measure_run)
+    return {"input": wav_input.describe(), "blocks": blocks, "systems": systems,
+            "arrangements": arranged, "goals": mixed.goals(systems, arranged["systems"])}
+
+
+def _arrangements(names: list[str], first: dict[str, dict], first_input: inputs.BenchInput, measure_run) -> dict:
+    """``names`` on the other arrangements of the mixed input, pooled with their bench-input run."""
+    runs: dict[str, list[tuple[str, str, int]]] = {
+        name: [(first_input.reference, first[name]["text"], first[name]["words_in_non_speech"])] for name in names
+    }
+    words = len(first_input.reference.split())
+    for k in range(1, mixed.ARRANGEMENTS):
+        wav_input, blocks = mixed.mixed_input(arrangement=k)
+        words += len(wav_input.reference.split())
+        for name in names:
+            run, record = measure_run(name, f"mixed.{k}.{name}", wav_input)
+            runs[name].append((wav_input.reference, run.text, mixed.score(record, run.pieces, blocks)["words_in_non_speech"]))
+        print(f"[bench] mixed arrangement {k}: " + ", ".join(
+            f"{name} {record_wer:.3f}" for name, record_wer in
+            ((n, mixed.word_error_rate(runs[n][-1][0], runs[n][-1][1])) for n in names)), file=sys.stderr, flush=True)
+    return {"count": mixed.ARRANGEMENTS, "words": words, "systems": {name: mixed.pooled(r) for name, r in runs.items()}}
 
 
 def _mixed_only(args: argparse.Namespace, chosen: list[str], measure_run) -> int:

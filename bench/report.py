@@ -51,6 +51,16 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(ref, hyp))
 
 
+def pooled_word_error_rate(pairs: list[tuple[str, str]]) -> float:
+    """The WER of several ``(reference, hypothesis)`` pairs taken together: all their errors
+    over all their reference words (each normalised as :func:`word_error_rate` does)."""
+    import jiwer
+
+    refs = [" ".join(normalize(line) for line in ref.splitlines()) for ref, _ in pairs]
+    hyps = [normalize(hyp) for _, hyp in pairs]
+    return float(jiwer.wer(refs, hyps))
+
+
 @dataclass(frozen=True)
 class Goal:
     """``a`` / ``b`` (``ratio``) or ``a`` - ``b`` (``difference``), met when <= ``goal``."""

@@ -139,3 +139,40 @@ def test_the_mixed_input_counts_words_inside_non_speech(tmp_path: Path) -> None:
     assert goals["streamscribe"] == {"zero_words_in_non_speech": False, "wer_within_margin": True}
     section = {"input": wav_input.describe(), "blocks": blocks, "systems": {"streamscribe": scored}, "goals": goals}
     assert "| streamscribe | 0.030 | 2 |" in mixed.markdown({**section, "systems": {"streamscribe": {**scored, "wall_s": 1.0}}})
+
+
+def test_the_mixed_arrangements_keep_every_clip_and_block_and_pool_their_words(tmp_path: Path) -> None:
+    """Each rearrangement of the mixed input has the bench input's clips and blocks in other
+    places (no clip next to itself), and the pooled WER counts every word of every one."""
+    from bench import mixed
+    from bench.report import pooled_word_error_rate, word_error_rate
+    from tests.helpers.mixed import BENCH_RECIPE, GENERATORS, rearranged
+
+    def groups(recipe):
+        return [step for step in recipe if not (len(step) == 2 and step[0] in GENERATORS)]
+
+    assert rearranged(BENCH_RECIPE, 0) == BENCH_RECIPE
+    first, _ = mixed.mixed_input(tmp_path)
+    for k in range(1, mixed.ARRANGEMENTS):
+        recipe = rearranged(BENCH_RECIPE, k)
+        assert groups(recipe) != groups(BENCH_RECIPE)
+        assert sorted(groups(recipe)) == sorted(groups(BENCH_RECIPE))
+        assert [s for s in recipe if s not in groups(recipe)] == [s for s in BENCH_RECIPE if s not in groups(BENCH_RECIPE)]
+        assert not any(set(a) & set(b) for a, b in zip(groups(recipe), groups(recipe)[1:], strict=False))
+        other, blocks = mixed.mixed_input(tmp_path, arrangement=k)
+        assert sorted(other.reference.split()) == sorted(first.reference.split()) and len(blocks) == 6
+    # 3 errors in the first of two equal-length references, none in the second: 3 / (2 n).
+    words = first.reference.split()
+    wrong = " ".join(["x", "y", "z", *words[3:]])
+    assert word_error_rate(first.reference, wrong) > 0
+    pooled = pooled_word_error_rate([(first.reference, wrong), (first.reference, first.reference)])
+    assert pooled == pytest.approx(word_error_rate(first.reference, wrong) / 2)
+    record = mixed.pooled([(first.reference, wrong, 2), (first.reference, first.reference, 0)])
+    assert record["words_in_non_speech"] == 2 and record["wers"][1] == 0.0
+    goals = mixed.goals(
+        {"faster-whisper": {"wer": 0.03, "words_in_non_speech": 0}, "streamscribe": {"wer": 0.05, "words_in_non_speech": 0}},
+        {"faster-whisper": {"wer": 0.06}, "streamscribe": {"wer": 0.05}},
+    )
+    assert goals["streamscribe"] == {
+        "zero_words_in_non_speech": True, "wer_within_margin": False, "pooled_wer_within_margin": True
+    }

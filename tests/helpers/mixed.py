@@ -169,6 +169,26 @@ BENCH_RECIPE: tuple[tuple[str, ...] | tuple[str, float], ...] = (
 )
 
 
+def rearranged(recipe: Sequence[tuple], seed: int) -> tuple:
+    """``recipe`` with its groups of speech shuffled (by ``seed``; 0 keeps it as it is) over the
+    slots between its non-speech blocks: the same clips and blocks, other neighbours for each.
+    Two groups that share a clip are never neighbours: a sentence said twice in a row is a test
+    of whether a decoder conditioned on the previous text repeats it, not of the gate."""
+    blocks = [step for step in recipe if len(step) == 2 and step[0] in GENERATORS]
+    groups = [step for step in recipe if not (len(step) == 2 and step[0] in GENERATORS)]
+    rng = np.random.default_rng(seed)
+    order = list(range(len(groups)))
+    while seed and (order == sorted(order) or any(set(groups[a]) & set(groups[b]) for a, b in zip(order, order[1:], strict=False))):
+        order = [int(k) for k in rng.permutation(len(groups))]
+    groups = [groups[k] for k in order]
+    out: list[tuple] = []
+    for k, block in enumerate(blocks):
+        out.append(block)
+        if k < len(groups):
+            out.append(groups[k])
+    return tuple(out) + tuple(groups[len(blocks) :])
+
+
 def build_mixed(
     recipe: Sequence[tuple] = TEST_RECIPE, seed: int = 16, data_dir: Path = DATA, gap: float = 0.6
 ) -> Mixed:
