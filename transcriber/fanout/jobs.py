@@ -152,7 +152,7 @@ def run_batch(jobs: list[SegmentJob], tries: int = 2) -> list[SegmentResult]:
     began = time.perf_counter()
     try:
         from transcriber.engine import get_engine, transcribe_batch
-        from transcriber.vad import finish_gate, plan_gate
+        from transcriber.vad import finish_gate, plan_gate, with_skipped
 
         for job in jobs:
             faults.inject(job.index)
@@ -161,8 +161,10 @@ def run_batch(jobs: list[SegmentJob], tries: int = 2) -> list[SegmentResult]:
         # what the engine decodes; their pieces go back to the segment's timeline after.
         plans = [plan_gate(job.audio, job.speech) for job in jobs]
         live = {i: plan.audio for i, plan in enumerate(plans) if plan is not None}
-        decoded = transcribe_batch(get_engine(first.engine), list(live.values()), first.options)
+        engine = get_engine(first.engine)
+        decoded = transcribe_batch(engine, list(live.values()), first.options)
         outcome = dict(zip(live, decoded, strict=True))
+        skipped = {i: with_skipped(engine, plans[i], done.pieces, first.options) for i, done in outcome.items()}
     except Exception:  # one bad segment must not fail its batch-mates: each goes alone
         log.warning("a batch of %d segments failed; running them one by one", len(jobs), exc_info=True)
         return [run_job_retrying(job, tries) for job in jobs]
@@ -171,7 +173,7 @@ def run_batch(jobs: list[SegmentJob], tries: int = 2) -> list[SegmentResult]:
     for i, job in enumerate(jobs):
         result = SegmentResult(job.index, job.start, job.end, elapsed=elapsed, batch=len(jobs))
         done = outcome.get(i)
-        gated = finish_gate(plans[i], done.pieces if done else [], first.options.language)
+        gated = finish_gate(plans[i], skipped.get(i, []), first.options.language)
         result.pieces = [_absolute(p, job.start, job.end) for p in gated.pieces]
         result.dropped = gated.dropped
         result.redecoded = bool(done and done.redecoded)

@@ -49,7 +49,9 @@ from transcriber.vad.gate import (
     finish_gate,
     gate_segment,
     plan_gate,
+    skipped_at,
     transcribe_gated,
+    with_skipped,
 )
 from transcriber.vad.options import VadOptions
 from transcriber.vad.phrases import NON_SPEECH_PHRASES, is_non_speech_phrase
@@ -80,5 +82,7 @@ __all__ = [
     "speech_probs",
     "speech_regions",
     "speech_tracker",
+    "skipped_at",
     "transcribe_gated",
+    "with_skipped",
 ]

@@ -10,13 +10,23 @@ from typing import Any
 import numpy as np
 
 from transcriber import SAMPLE_RATE
+from transcriber.engine.base import shifted
 from transcriber.segment import QUIET_GAP_DB, _db
 from transcriber.vad.detection import detect
 from transcriber.vad.options import VadOptions
 from transcriber.vad.phrases import is_non_speech_phrase
+from transcriber.vad.silero import FRAME_SECONDS
 from transcriber.vad.speech_map import SpeechMap
 
 log = logging.getLogger(__name__)
+
+#: Speech the decoder left without text is decoded again where the VAD scores at least this
+#: many seconds of it at :data:`CLEAR_SPEECH_PROB` or more, beyond :data:`SKIP_MARGIN_SECONDS`
+#: after the last piece (see :func:`skipped_at`).
+SKIPPED_SPEECH_SECONDS = 1.0
+SKIP_MARGIN_SECONDS = 1.0
+#: Silero's customary threshold: clearly speech, not a soft onset or a breath.
+CLEAR_SPEECH_PROB = 0.5
 
 #: The last guard drops a known non-speech phrase only where the mean speech probability under
 #: the piece is below this (speech scores 0.5-0.9 on average over a clip, noise under 0.02).
@@ -100,15 +110,56 @@ def finish_gate(plan: GatePlan | None, pieces: list, language: str | None) -> Ga
     return Gated(kept, dropped)
 
 
+def skipped_at(plan: GatePlan, pieces: list) -> float | None:
+    """Where in ``plan.audio`` (seconds) speech starts that the decoder left without text, or None.
+
+    Whisper's loop takes the rest of a window for silence when its decoder ends on a single
+    timestamp, and skips it: a whole sentence after the last piece was lost that way (the
+    mixed input in sequential mode: "And Mr. John Dashwood..." after JFK, in one window of
+    five arrangements). The VAD knows better: at least :data:`SKIPPED_SPEECH_SECONDS` of
+    frames it scores as clear speech, more than :data:`SKIP_MARGIN_SECONDS` after the last
+    piece's end (that end is rounded, and a word's tail scores as speech), is such a rest.
+    """
+    speech = plan.speech
+    if speech is None or not len(speech.probs):
+        return None
+    end = max((p.end for p in pieces), default=0.0)
+    times = np.arange(end + SKIP_MARGIN_SECONDS, len(plan.audio) / SAMPLE_RATE, FRAME_SECONDS)
+    if len(times) * FRAME_SECONDS < SKIPPED_SPEECH_SECONDS:
+        return None
+    if plan.to_segment is not None:
+        times_in_segment = np.array([plan.to_segment(t, False) for t in times])
+    else:
+        times_in_segment = times
+    frames = np.clip(((times_in_segment - speech.offset) / FRAME_SECONDS).astype(int), 0, len(speech.probs) - 1)
+    clear = speech.probs[frames] >= CLEAR_SPEECH_PROB * 255
+    if clear.sum() * FRAME_SECONDS < SKIPPED_SPEECH_SECONDS:
+        return None
+    return max(end, float(times[int(np.argmax(clear))]) - SKIP_MARGIN_SECONDS)
+
+
+def with_skipped(engine, plan: GatePlan | None, pieces: list, options) -> list:
+    """``pieces`` of ``plan.audio`` and, where the decoder skipped speech after them
+    (:func:`skipped_at`), that rest decoded on its own (once) and shifted into place."""
+    rest = None if plan is None else skipped_at(plan, pieces)
+    if plan is None or rest is None:
+        return pieces
+    more = engine.transcribe(plan.audio[int(rest * SAMPLE_RATE) :], options)
+    log.debug("speech after %.2f s of %.2f s had no text; decoded again: %r", rest,
+              len(plan.audio) / SAMPLE_RATE, [p.text for p in more])
+    return pieces + [shifted(p, rest) for p in more]
+
+
 def transcribe_gated(engine, audio: np.ndarray, options, speech: SpeechMap | None) -> Gated:
     """``engine.transcribe`` with the gate: only the speech regions are decoded (laid end to
-    end, times mapped back exactly), and what still looks like non-speech is dropped.
+    end, times mapped back exactly), speech the decoder skipped is decoded again
+    (:func:`with_skipped`), and what still looks like non-speech is dropped.
 
     Without a speech map (the gate is off) this is ``engine.transcribe`` itself.
     """
     plan = plan_gate(audio, speech)
     pieces = engine.transcribe(plan.audio, options) if plan is not None else []
-    return finish_gate(plan, pieces, options.language)
+    return finish_gate(plan, with_skipped(engine, plan, pieces, options), options.language)
 
 
 def drop_reason(piece, speech: SpeechMap, language: str | None) -> str | None:
