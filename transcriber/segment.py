@@ -19,8 +19,8 @@ model less context, so segments are made as long as allowed and cut where nobody
    longest one (runs of 1 s and more count as equal), and of equals the latest, so segments stay
    long; a silence still going on at ``max_seconds`` is cut there. A packed window is cut at
    the latest loud non-speech break (music, noise), else at the latest real silence: the
-   fullest window. Without a real silence the
-   cut goes at the quietest 100 ms in the last ``search_seconds`` before ``max_seconds``.
+   fullest window. Without a real silence the cut goes at the quietest 100 ms in the last
+   ``search_seconds`` before ``max_seconds``.
    With a guide, frames outside its speech regions count as quiet too (so a window that ends
    in music is cut in the music, not in a pause of the sentence before it), and these
    seconds are seconds of decoded audio; the decoded length of the chosen cut is then checked
