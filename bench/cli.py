@@ -131,8 +131,9 @@ def mixed_section(chosen: list[str], measure_run) -> dict:
 
 def _arrangements(names: list[str], first: dict[str, dict], first_input: inputs.BenchInput, measure_run) -> dict:
     """``names`` on the other arrangements of the mixed input, pooled with their bench-input run."""
-    runs: dict[str, list[tuple[str, str, int]]] = {
-        name: [(first_input.reference, first[name]["text"], first[name]["words_in_non_speech"])] for name in names
+    runs: dict[str, list[tuple[str, str, float, int]]] = {
+        name: [(first_input.reference, first[name]["text"], first[name]["wer"], first[name]["words_in_non_speech"])]
+        for name in names
     }
     words = len(first_input.reference.split())
     for k in range(1, mixed.ARRANGEMENTS):
@@ -140,10 +141,10 @@ def _arrangements(names: list[str], first: dict[str, dict], first_input: inputs.
         words += len(wav_input.reference.split())
         for name in names:
             run, record = measure_run(name, f"mixed.{k}.{name}", wav_input)
-            runs[name].append((wav_input.reference, run.text, mixed.score(record, run.pieces, blocks)["words_in_non_speech"]))
-        print(f"[bench] mixed arrangement {k}: " + ", ".join(
-            f"{name} {record_wer:.3f}" for name, record_wer in
-            ((n, mixed.word_error_rate(runs[n][-1][0], runs[n][-1][1])) for n in names)), file=sys.stderr, flush=True)
+            inside = mixed.score(record, run.pieces, blocks)["words_in_non_speech"]
+            runs[name].append((wav_input.reference, run.text, record["wer"], inside))
+        print(f"[bench] mixed arrangement {k}: " + ", ".join(f"{n} {runs[n][-1][2]:.3f}" for n in names),
+              file=sys.stderr, flush=True)
     return {"count": mixed.ARRANGEMENTS, "words": words, "systems": {name: mixed.pooled(r) for name, r in runs.items()}}
 
 

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from bench.inputs import WORK, BenchInput
-from bench.report import pooled_word_error_rate, word_error_rate
+from bench.report import pooled_word_error_rate
 from tests.helpers import mixed
 
 #: Systems run on the mixed input when they are among the chosen ones (the analysis-only peer
@@ -63,13 +63,14 @@ def score(record: dict, pieces: list[dict], blocks: list[tuple[float, float, str
     return {**record, "words_in_non_speech": mixed.count_words(inside), "non_speech_text": inside}
 
 
-def pooled(runs: list[tuple[str, str, int]]) -> dict:
-    """One system over the arrangements, from ``(reference, text, words in non-speech)`` each:
-    the WER of all its words together, each arrangement's, and the words in non-speech."""
+def pooled(runs: list[tuple[str, str, float, int]]) -> dict:
+    """One system over the arrangements, from ``(reference, text, its WER, words in non-speech)``
+    each (the run's record has the WER already): the WER of all its words together, each
+    arrangement's, and the words in non-speech."""
     return {
-        "wer": round(pooled_word_error_rate([(ref, text) for ref, text, _ in runs]), 4),
-        "wers": [round(word_error_rate(ref, text), 4) for ref, text, _ in runs],
-        "words_in_non_speech": sum(inside for _, _, inside in runs),
+        "wer": round(pooled_word_error_rate([(ref, text) for ref, text, _, _ in runs]), 4),
+        "wers": [round(wer, 4) for _, _, wer, _ in runs],
+        "words_in_non_speech": sum(inside for _, _, _, inside in runs),
     }
 
 

@@ -42,23 +42,18 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     Each line of the reference is normalised on its own (number words never join across
     utterances); the hypothesis, one stream of text, is normalised whole.
     """
-    import jiwer
-
-    ref = " ".join(normalize(line) for line in reference.splitlines())
-    hyp = normalize(hypothesis)
-    if not ref.split():
-        raise ValueError("the reference transcript is empty after normalisation")
-    return float(jiwer.wer(ref, hyp))
+    return pooled_word_error_rate([(reference, hypothesis)])
 
 
 def pooled_word_error_rate(pairs: list[tuple[str, str]]) -> float:
     """The WER of several ``(reference, hypothesis)`` pairs taken together: all their errors
-    over all their reference words (each normalised as :func:`word_error_rate` does)."""
+    over all their reference words, each side normalised as :func:`word_error_rate` says."""
     import jiwer
 
     refs = [" ".join(normalize(line) for line in ref.splitlines()) for ref, _ in pairs]
-    hyps = [normalize(hyp) for _, hyp in pairs]
-    return float(jiwer.wer(refs, hyps))
+    if not any(ref.split() for ref in refs):
+        raise ValueError("the reference transcript is empty after normalisation")
+    return float(jiwer.wer(refs, [normalize(hyp) for _, hyp in pairs]))
 
 
 @dataclass(frozen=True)

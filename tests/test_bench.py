@@ -146,10 +146,10 @@ def test_the_mixed_arrangements_keep_every_clip_and_block_and_pool_their_words(t
     places (no clip next to itself), and the pooled WER counts every word of every one."""
     from bench import mixed
     from bench.report import pooled_word_error_rate, word_error_rate
-    from tests.helpers.mixed import BENCH_RECIPE, GENERATORS, rearranged
+    from tests.helpers.mixed import BENCH_RECIPE, is_block, rearranged
 
     def groups(recipe):
-        return [step for step in recipe if not (len(step) == 2 and step[0] in GENERATORS)]
+        return [step for step in recipe if not is_block(step)]
 
     assert rearranged(BENCH_RECIPE, 0) == BENCH_RECIPE
     first, _ = mixed.mixed_input(tmp_path)
@@ -167,8 +167,10 @@ def test_the_mixed_arrangements_keep_every_clip_and_block_and_pool_their_words(t
     assert word_error_rate(first.reference, wrong) > 0
     pooled = pooled_word_error_rate([(first.reference, wrong), (first.reference, first.reference)])
     assert pooled == pytest.approx(word_error_rate(first.reference, wrong) / 2)
-    record = mixed.pooled([(first.reference, wrong, 2), (first.reference, first.reference, 0)])
-    assert record["words_in_non_speech"] == 2 and record["wers"][1] == 0.0
+    one_wer = word_error_rate(first.reference, wrong)
+    record = mixed.pooled([(first.reference, wrong, one_wer, 2), (first.reference, first.reference, 0.0, 0)])
+    assert record["wer"] == pytest.approx(pooled, abs=1e-4)
+    assert record["words_in_non_speech"] == 2 and record["wers"] == [round(one_wer, 4), 0.0]
     goals = mixed.goals(
         {"faster-whisper": {"wer": 0.03, "words_in_non_speech": 0}, "streamscribe": {"wer": 0.05, "words_in_non_speech": 0}},
         {"faster-whisper": {"wer": 0.06}, "streamscribe": {"wer": 0.05}},

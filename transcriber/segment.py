@@ -322,7 +322,7 @@ class Segmenter:
         real = lengths >= need
         if real.any():
             if self._packing and outside is not None:
-                score = self._packed_score(lo, starts, ends, outside, hi)
+                score = self._packed_score(lo, starts, ends, lengths, outside, hi)
             else:
                 cap = max(need, round(_LONG_SILENCE_S * SAMPLE_RATE / frame))
                 score = np.minimum(lengths, cap) * (hi + 1) + ends  # longest (capped), then latest
@@ -340,7 +340,9 @@ class Segmenter:
         quietest = len(window) - 1 - int(np.argmin(window[::-1]))  # the latest of equals
         return max(search_lo + quietest, 1) * frame
 
-    def _packed_score(self, lo: int, starts: np.ndarray, ends: np.ndarray, outside: np.ndarray, hi: int) -> np.ndarray:
+    def _packed_score(
+        self, lo: int, starts: np.ndarray, ends: np.ndarray, lengths: np.ndarray, outside: np.ndarray, hi: int
+    ) -> np.ndarray:
         """Step 4 for a packed window: the latest loud non-speech break wins, else the latest
         real silence.
 
@@ -354,7 +356,7 @@ class Segmenter:
         """
         score = ends.astype(np.int64)
         need = round(_BREAK_SECONDS * SAMPLE_RATE / self.frame)
-        for k in np.flatnonzero(ends - starts >= need):
+        for k in np.flatnonzero(lengths >= need):
             a, b = lo + starts[k], lo + ends[k]
             away = outside[a:b]
             if away.mean() > 0.5 and float(_db(np.mean(self._power[a:b][away]))) >= QUIET_GAP_DB:

@@ -169,13 +169,18 @@ BENCH_RECIPE: tuple[tuple[str, ...] | tuple[str, float], ...] = (
 )
 
 
+def is_block(step: tuple) -> bool:
+    """Is this step of a recipe a non-speech block ``(kind, seconds)`` (else a group of clips)?"""
+    return len(step) == 2 and step[0] in GENERATORS
+
+
 def rearranged(recipe: Sequence[tuple], seed: int) -> tuple:
     """``recipe`` with its groups of speech shuffled (by ``seed``; 0 keeps it as it is) over the
     slots between its non-speech blocks: the same clips and blocks, other neighbours for each.
     Two groups that share a clip are never neighbours: a sentence said twice in a row is a test
     of whether a decoder conditioned on the previous text repeats it, not of the gate."""
-    blocks = [step for step in recipe if len(step) == 2 and step[0] in GENERATORS]
-    groups = [step for step in recipe if not (len(step) == 2 and step[0] in GENERATORS)]
+    blocks = [step for step in recipe if is_block(step)]
+    groups = [step for step in recipe if not is_block(step)]
     rng = np.random.default_rng(seed)
     order = list(range(len(groups)))
     while seed and (order == sorted(order) or any(set(groups[a]) & set(groups[b]) for a, b in zip(order, order[1:], strict=False))):
@@ -207,7 +212,7 @@ def build_mixed(
         return start, position
 
     for step in recipe:
-        if len(step) == 2 and step[0] in GENERATORS:
+        if is_block(step):
             kind, seconds = step
             start, end = add(GENERATORS[kind](float(seconds), rng))
             mixed.blocks.append((start, end, kind))

@@ -37,7 +37,8 @@ The modules, in the order a stream meets them:
   stream, in the decode thread);
 - :mod:`~transcriber.vad.phrases`: :data:`NON_SPEECH_PHRASES`;
 - :mod:`~transcriber.vad.gate`: the per-job step (:func:`plan_gate`, :func:`finish_gate`,
-  :func:`transcribe_gated`) and the pipeline's (:func:`gate_segment`).
+  :func:`transcribe_gated`, :func:`with_skipped` for speech a decoder left without text) and
+  the pipeline's (:func:`gate_segment`).
 """
 
 from transcriber.vad.detection import SpeechTracker, detect, speech_tracker
