@@ -112,6 +112,13 @@ def _db(power: np.ndarray | float) -> np.ndarray:
     return 10.0 * np.log10(np.asarray(power, dtype=np.float64) + _EPS)
 
 
+def level_db(samples: np.ndarray) -> float:
+    """The RMS level of ``samples`` in dBFS, the scale of :data:`QUIET_GAP_DB` (no samples: silence)."""
+    if not samples.size:
+        return -np.inf
+    return float(_db(np.mean(np.square(samples, dtype=np.float64))))
+
+
 def _smooth(power: np.ndarray) -> np.ndarray:
     if len(power) < _SMOOTH_FRAMES:
         return power

@@ -11,7 +11,7 @@ import numpy as np
 
 from transcriber import SAMPLE_RATE
 from transcriber.engine.base import shifted
-from transcriber.segment import QUIET_GAP_DB, _db
+from transcriber.segment import QUIET_GAP_DB, level_db
 from transcriber.vad.detection import detect
 from transcriber.vad.options import VadOptions
 from transcriber.vad.phrases import is_non_speech_phrase
@@ -60,8 +60,7 @@ def _across_quiet_gaps(regions, audio: np.ndarray) -> tuple[tuple[float, float],
     duration = len(audio) / SAMPLE_RATE
 
     def quiet(a: float, b: float) -> bool:
-        part = audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]
-        return not part.size or float(_db(np.mean(np.square(part, dtype=np.float64)))) < QUIET_GAP_DB
+        return level_db(audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]) < QUIET_GAP_DB
 
     merged = [list(regions[0])]
     for a, b in regions[1:]:
@@ -127,10 +126,7 @@ def skipped_at(plan: GatePlan, pieces: list) -> float | None:
     times = np.arange(end + SKIP_MARGIN_SECONDS, len(plan.audio) / SAMPLE_RATE, FRAME_SECONDS)
     if len(times) * FRAME_SECONDS < SKIPPED_SPEECH_SECONDS:
         return None
-    if plan.to_segment is not None:
-        times_in_segment = np.array([plan.to_segment(t, False) for t in times])
-    else:
-        times_in_segment = times
+    times_in_segment = times if plan.to_segment is None else plan.to_segment.map_start_times(times)
     frames = np.clip(((times_in_segment - speech.offset) / FRAME_SECONDS).astype(int), 0, len(speech.probs) - 1)
     clear = speech.probs[frames] >= CLEAR_SPEECH_PROB * 255
     if clear.sum() * FRAME_SECONDS < SKIPPED_SPEECH_SECONDS:

@@ -119,6 +119,14 @@ class _TimeMap:
             return b if is_end or k + 1 == len(self.regions) else self.regions[k + 1][0]
         return max(a, original)
 
+    def map_start_times(self, times: np.ndarray) -> np.ndarray:
+        """``self(t, False)`` for every ``t`` of ``times`` at once."""
+        k = np.maximum(0, np.searchsorted(self.starts, times + 1e-6, side="right") - 1)
+        a, b = np.array(self.regions).T
+        original = a[k] + (times - np.asarray(self.starts)[k])
+        after = np.append(a[1:], b[-1])  # in the joint after region k: the next region's start
+        return np.where(original > b[k], after[k], np.maximum(a[k], original))
+
     def piece(self, piece):
         start, end = self(piece.start, False), self(piece.end, True)
         # Whisper ends a piece where the next one starts, so an end lands a little into the
