@@ -121,15 +121,15 @@ def test_default_split_fills_cores_without_oversubscribing() -> None:
 
 
 def test_a_worker_caps_numpy_blas_threads_already_loaded() -> None:
-    """numpy (and its OpenBLAS) is loaded before a spawned worker runs ``_limit_threads``, so the
+    """numpy (and its OpenBLAS) is loaded before a spawned worker runs ``limit_threads``, so the
     environment variables alone came too late; the cap must reach the running library."""
     code = (
         "import numpy\n"
         "from threadpoolctl import threadpool_info\n"
-        "from transcriber.fanout.pool import _limit_threads\n"
+        "from transcriber.fanout.worker import limit_threads\n"
         "blas = lambda: max(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas')\n"
         "before = blas()\n"
-        "_limit_threads(1)\n"
+        "limit_threads(1)\n"
         "print(before, blas())\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}

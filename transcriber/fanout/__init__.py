@@ -12,7 +12,9 @@ The modules, in the order a job meets them:
 
 - :mod:`~transcriber.fanout.jobs`: the job and result types, the :class:`Mapper` protocol,
   :func:`run_job` (shared by every worker, local and Modal) and :class:`InlineMapper`;
-- :mod:`~transcriber.fanout.pool`: the local process pool;
+- :mod:`~transcriber.fanout.pool`: the local process pool (the parent side);
+- :mod:`~transcriber.fanout.worker`: one of its worker processes (thread and memory settings,
+  the job loop);
 - :mod:`~transcriber.fanout.sequential`: the sequential mapper and its prompt carry.
 
 The fault-injection test hook (``STREAMSCRIBE_FAULTS``) lives in :mod:`transcriber.faults`.
