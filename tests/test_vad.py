@@ -103,10 +103,9 @@ def test_compacted_audio_maps_times_back_exactly():
     assert to_segment.piece(Piece(0.2, 2.6, " ask not")) == Piece(1.2, 3.0, " ask not")
     # ...one that truly spans both keeps both ends.
     assert to_segment.piece(Piece(0.2, 4.0, " a b")) == Piece(1.2, 11.7, " a b")
-    # Many start times at once map as each one alone does, joints and the last region's end included.
-    times = np.arange(0.0, 5.0, 0.032)
-    assert to_segment.map_start_times(times) == pytest.approx([to_segment(t, False) for t in times])
-    assert to_segment.map_start_times(np.array([2.15, 4.8])) == pytest.approx([10.0, 12.0])
+    # Many times at once: joints go to a region's end or the next start, past the last region to its end.
+    assert to_segment.map_times(np.array([0.5, 2.15, 4.8]), False) == pytest.approx([1.5, 10.0, 12.0])
+    assert to_segment.map_times(np.array([0.5, 2.15, 4.8]), True) == pytest.approx([1.5, 3.0, 12.0])
 
 
 def test_known_non_speech_phrases_are_matched_loosely_and_by_language():

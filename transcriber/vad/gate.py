@@ -126,7 +126,7 @@ def skipped_at(plan: GatePlan, pieces: list) -> float | None:
     times = np.arange(end + SKIP_MARGIN_SECONDS, len(plan.audio) / SAMPLE_RATE, FRAME_SECONDS)
     if len(times) * FRAME_SECONDS < SKIPPED_SPEECH_SECONDS:
         return None
-    times_in_segment = times if plan.to_segment is None else plan.to_segment.map_start_times(times)
+    times_in_segment = times if plan.to_segment is None else plan.to_segment.map_times(times, is_end=False)
     frames = np.clip(((times_in_segment - speech.offset) / FRAME_SECONDS).astype(int), 0, len(speech.probs) - 1)
     clear = speech.probs[frames] >= CLEAR_SPEECH_PROB * 255
     if clear.sum() * FRAME_SECONDS < SKIPPED_SPEECH_SECONDS:

@@ -112,19 +112,15 @@ class _TimeMap:
         return max(0, int(np.searchsorted([a for a, _ in self.regions], t, side="right")) - 1)
 
     def __call__(self, t: float, is_end: bool) -> float:
-        k = max(0, int(np.searchsorted(self.starts, t + (1e-6 if not is_end else -1e-6), side="right")) - 1)
-        a, b = self.regions[k]
-        original = a + (t - self.starts[k])
-        if original > b:  # in the joint after region k: its end, or the next region's start
-            return b if is_end or k + 1 == len(self.regions) else self.regions[k + 1][0]
-        return max(a, original)
+        return float(self.map_times(np.array([t], dtype=np.float64), is_end)[0])
 
-    def map_start_times(self, times: np.ndarray) -> np.ndarray:
-        """``self(t, False)`` for every ``t`` of ``times`` at once."""
-        k = np.maximum(0, np.searchsorted(self.starts, times + 1e-6, side="right") - 1)
+    def map_times(self, times: np.ndarray, is_end: bool) -> np.ndarray:
+        """Times in compacted audio -> times in the segment, many at once: a time in the joint
+        after region k maps to region k's end if it ``is_end``, else to the next region's start."""
+        k = np.maximum(0, np.searchsorted(self.starts, times + (-1e-6 if is_end else 1e-6), side="right") - 1)
         a, b = np.array(self.regions).T
         original = a[k] + (times - np.asarray(self.starts)[k])
-        after = np.append(a[1:], b[-1])  # in the joint after region k: the next region's start
+        after = b if is_end else np.append(a[1:], b[-1])  # the last region has no next: its end
         return np.where(original > b[k], after[k], np.maximum(a[k], original))
 
     def piece(self, piece):
