@@ -29,8 +29,8 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 #: Freed blocks up to this size stay in the worker's heap for the next window (see
-#: :func:`one_malloc_arena`).
-KEEP_FREED_BYTES = 64 * 1024 * 1024
+#: :func:`_one_malloc_arena`).
+_KEEP_FREED_BYTES = 64 * 1024 * 1024
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -55,7 +55,7 @@ def limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def one_malloc_arena() -> None:
+def _one_malloc_arena() -> None:
     """Give this worker one glibc malloc arena.
 
     glibc gives each allocating thread an arena of its own; CTranslate2 runs the model in its
@@ -66,19 +66,19 @@ def one_malloc_arena() -> None:
     The encoder's activations (several MB a window) were mmap'ed and unmapped for every window,
     and the heap trimmed after it: the kernel zeroed and faulted the same pages in again each
     time (perf: 15 % of a 10-min run in the kernel, most of it page faults). Blocks under
-    :data:`KEEP_FREED_BYTES` now come from the heap, which keeps that much freed memory for
+    :data:`_KEEP_FREED_BYTES` now come from the heap, which keeps that much freed memory for
     reuse (ten segments in one process: 0.95 -> 0.07 s of system time, wall -5 %).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_ARENA_MAX, 1)
-        libc.mallopt(_M_MMAP_THRESHOLD, KEEP_FREED_BYTES)
-        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
+        libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)
     except (OSError, AttributeError):
         pass
 
 
-def with_threads(config: EngineConfig, threads: int) -> EngineConfig:
+def _with_threads(config: EngineConfig, threads: int) -> EngineConfig:
     return config if config.cpu_threads else dataclasses.replace(config, cpu_threads=threads)
 
 
@@ -88,13 +88,13 @@ def worker_main(
     """A worker process: one job at a time from ``conn``, its result back, until ``None``/EOF."""
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    one_malloc_arena()
+    _one_malloc_arena()
     limit_threads(threads)
     if preload is not None:
         try:
             from transcriber.engine import get_engine
 
-            get_engine(with_threads(preload, threads))
+            get_engine(_with_threads(preload, threads))
         except Exception:  # the first job reports it as a segment error, with retries
             log.warning("preloading %s failed", preload, exc_info=True)
     try:
@@ -109,10 +109,10 @@ def worker_main(
         if job is None:
             return
         if isinstance(job, list):  # a batch: one engine call, a list of results back
-            jobs = [dataclasses.replace(j, engine=with_threads(j.engine, threads)) for j in job]
+            jobs = [dataclasses.replace(j, engine=_with_threads(j.engine, threads)) for j in job]
             result: SegmentResult | list[SegmentResult] = run_batch(jobs, engine_tries)
         else:
-            job = dataclasses.replace(job, engine=with_threads(job.engine, threads))
+            job = dataclasses.replace(job, engine=_with_threads(job.engine, threads))
             result = run_job_retrying(job, engine_tries)
         try:
             conn.send(result)
